@@ -1,0 +1,29 @@
+"""loris: fast, lean fine-tuning of open LLMs (LoRA, QLoRA, full, GRPO) with export to every runtime."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Public names are resolved lazily so `import loris` stays cheap and free of side effects.
+_LAZY = {
+    "FastLanguageModel": "loris.api",
+    "FastModel": "loris.api",
+    "is_bfloat16_supported": "loris.api",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from loris.api import FastLanguageModel, FastModel, is_bfloat16_supported  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'loris' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = ["__version__", *_LAZY]
