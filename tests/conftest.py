@@ -18,3 +18,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
         if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session")
+def saved_family(tmp_path_factory):
+    """family → (transformers model, folder it was saved to), built once per session."""
+    cache: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in cache:
+            from tiny_models import make_hf_model, save_tiny
+
+            model = make_hf_model(family)
+            folder = tmp_path_factory.mktemp(family)
+            save_tiny(model, folder)
+            cache[family] = (model, folder)
+        return cache[family]
+
+    return get

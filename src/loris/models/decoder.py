@@ -1,0 +1,374 @@
+"""The one decoder behind every supported family, driven by `ModelConfig`.
+
+Blocks receive their projections (q/k/v/o, gate/up/down) as modules, so a LoRA wrapper or a
+4-bit linear replaces a slot without a parallel class tree. Attention runs through PyTorch's
+`scaled_dot_product_attention` (GQA, causal, padding, sliding windows), with an explicit path for
+Gemma 2's logit soft-capping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loris.kernels.activations import GATED_ACTIVATIONS
+from loris.kernels.cross_entropy import linear_cross_entropy
+from loris.kernels.rms_norm import rms_norm
+from loris.kernels.rope import apply_rope
+from loris.models.config import ModelConfig
+from loris.models.rope import rope_cos_sin
+
+LinearFactory = Callable[[int, int, bool], nn.Module]
+
+
+def default_linear(in_features: int, out_features: int, bias: bool) -> nn.Module:
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+@dataclass
+class CausalLMOutput:
+    """What transformers' `CausalLMOutputWithPast` carries that callers use."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
+        super().__init__()
+        self.eps = eps
+        self.offset = offset
+        # (1 + w) norms store w around 0; plain norms store w around 1.
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps, self.offset)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, make_linear: LinearFactory = default_linear):
+        super().__init__()
+        self.layer = layer
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.scale = cfg.scale
+        self.softcap = cfg.attn_logit_softcap
+        self.sliding_window = cfg.sliding_window if cfg.is_sliding(layer) else None
+        q_out, kv_out = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.q_proj = make_linear(cfg.hidden_size, q_out, cfg.qkv_bias)
+        self.k_proj = make_linear(cfg.hidden_size, kv_out, cfg.qkv_bias)
+        self.v_proj = make_linear(cfg.hidden_size, kv_out, cfg.qkv_bias)
+        self.o_proj = make_linear(q_out, cfg.hidden_size, cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv_cache=None,
+        cache_start: int = 0,
+    ) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rope(q, k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v, cache_start)
+        if self.softcap is not None:
+            out = self._softcapped_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True
+            )
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def _softcapped_attention(self, q, k, v, mask) -> torch.Tensor:
+        groups = self.num_heads // self.num_kv_heads
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * self.scale
+        scores = torch.tanh(scores / self.softcap) * self.softcap
+        if mask is None:
+            lq, lk = scores.shape[-2:]
+            mask = causal_mask(lq, lk, lk - lq, None, None, scores.device)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return probs @ v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, make_linear: LinearFactory = default_linear):
+        super().__init__()
+        self.gate_proj = make_linear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
+        self.up_proj = make_linear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
+        self.down_proj = make_linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
+        self.act = GATED_ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x), self.up_proj(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, make_linear: LinearFactory = default_linear):
+        super().__init__()
+        eps, off = cfg.rms_norm_eps, cfg.norm_offset
+        self.attn_norm = RMSNorm(cfg.hidden_size, eps, off)
+        self.self_attn = Attention(cfg, layer, make_linear)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, eps, off)
+        self.mlp = MLP(cfg, make_linear)
+        if cfg.sandwich_norms:
+            self.attn_post_norm = RMSNorm(cfg.hidden_size, eps, off)
+            self.mlp_post_norm = RMSNorm(cfg.hidden_size, eps, off)
+        else:
+            self.attn_post_norm = self.mlp_post_norm = None
+
+    def forward(self, x, cos, sin, mask, kv_cache=None, cache_start: int = 0) -> torch.Tensor:
+        h = self.self_attn(self.attn_norm(x), cos, sin, mask, kv_cache, cache_start)
+        if self.attn_post_norm is not None:
+            h = self.attn_post_norm(h)
+        x = x + h
+        h = self.mlp(self.mlp_norm(x))
+        if self.mlp_post_norm is not None:
+            h = self.mlp_post_norm(h)
+        return x + h
+
+
+def causal_mask(
+    q_len: int,
+    kv_len: int,
+    start: int,
+    attention_mask: torch.Tensor | None,
+    sliding_window: int | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Boolean (batch|1, 1, q_len, kv_len) mask, True where a query may attend.
+
+    Query ``i`` sits at cache index ``start + i``. Every query may also see itself, so rows that are
+    pure padding (left-padded prompts) stay finite instead of producing NaN.
+    """
+    q_idx = torch.arange(start, start + q_len, device=device)[:, None]
+    kv_idx = torch.arange(kv_len, device=device)[None, :]
+    allowed = kv_idx <= q_idx
+    if sliding_window is not None:
+        allowed = allowed & (kv_idx > q_idx - sliding_window)
+    allowed = allowed[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :kv_len].bool()
+    return allowed | (kv_idx == q_idx)[None, None]
+
+
+class LorisForCausalLM(nn.Module):
+    """Embedding → blocks → final norm → LM head, for any `ModelConfig`."""
+
+    def __init__(self, cfg: ModelConfig, make_linear: LinearFactory = default_linear):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i, make_linear) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.gradient_checkpointing: Callable | None = None  # set by loris.checkpointing
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def _rope_tables(self, position_ids: torch.Tensor, dtype: torch.dtype) -> dict[int, tuple]:
+        """cos/sin per distinct rope (Gemma 3 has a local and a global one), computed once per forward."""
+        cfg, tables, by_rope = self.config, {}, {}
+        for i in range(cfg.num_layers):
+            rope = cfg.rope_for_layer(i)
+            key = id(rope)
+            if key not in by_rope:
+                by_rope[key] = rope_cos_sin(
+                    rope, cfg.head_dim, cfg.max_position_embeddings, position_ids, dtype
+                )
+            tables[i] = by_rope[key]
+        return tables
+
+    def _masks(self, q_len, kv_len, start, attention_mask, device) -> dict[int | None, torch.Tensor | None]:
+        """One mask per distinct window; None where plain causal attention (SDPA's is_causal) is exact."""
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for i in range(self.config.num_layers):
+            window = self.config.sliding_window if self.config.is_sliding(i) else None
+            if window in masks:
+                continue
+            plain = (
+                attention_mask is None
+                and start == 0
+                and q_len == kv_len
+                and (window is None or kv_len <= window)
+            )
+            masks[window] = (
+                None if plain else causal_mask(q_len, kv_len, start, attention_mask, window, device)
+            )
+        return masks
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        kv_cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (batch, seq, hidden)."""
+        cfg = self.config
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if cfg.embed_scale != 1.0:
+            x = x * torch.tensor(cfg.embed_scale, dtype=x.dtype)
+        b, n = x.shape[:2]
+        start = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(start, start + n, device=x.device).expand(b, n)
+        kv_len = start + n
+        if attention_mask is not None and bool(attention_mask[:, :kv_len].all()):
+            attention_mask = None  # no padding: let SDPA use its causal fast path
+        masks = self._masks(n, kv_len, start, attention_mask, x.device)
+        tables = self._rope_tables(position_ids, x.dtype)
+        for i, block in enumerate(self.layers):
+            cos, sin = tables[i]
+            mask = masks[cfg.sliding_window if cfg.is_sliding(i) else None]
+            if self.gradient_checkpointing is not None and self.training and kv_cache is None:
+                x = self.gradient_checkpointing(block, x, cos, sin, mask)
+            else:
+                x = block(x, cos, sin, mask, kv_cache, start)
+        if kv_cache is not None:
+            kv_cache.advance(n)
+        return self.norm(x)
+
+    def logits_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(h)
+        cap = self.config.final_logit_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        kv_cache=None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool | None = None,
+        logits_to_keep: int = 0,
+        **_: object,
+    ) -> CausalLMOutput:
+        """Like transformers' causal-LM forward: labels are shifted inside and -100 is ignored.
+
+        While training with labels the logits are not materialised (the loss is computed from the
+        hidden states in chunks) unless ``return_logits=True``. ``num_items_in_batch`` turns the mean
+        into a sum divided by that count, for exact gradient accumulation.
+        """
+        h = self.hidden_states(input_ids, attention_mask, position_ids, kv_cache, inputs_embeds)
+        loss = None
+        if labels is not None:
+            shifted = F.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1).to(h.device)
+            flat = h.reshape(-1, h.shape[-1])
+            if num_items_in_batch is None:
+                loss = self._lm_loss(flat, shifted, "mean")
+            else:
+                loss = self._lm_loss(flat, shifted, "sum") / num_items_in_batch
+        if return_logits is None:
+            return_logits = labels is None or not self.training
+        logits = None
+        if return_logits:
+            logits = self.logits_from_hidden(h[:, -logits_to_keep:] if logits_to_keep else h)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
+        return linear_cross_entropy(
+            hidden, self.lm_head.weight, labels, softcap=self.config.final_logit_softcap, reduction=reduction
+        )
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        seen, total = set(), 0
+        for p in self.parameters():
+            if id(p) in seen or (trainable_only and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        seed: int | None = None,
+        streamer=None,
+        **_: object,
+    ) -> torch.Tensor:
+        """transformers-style ``generate``: returns prompt + new tokens (batch, length)."""
+        from loris.generation.generate import generate
+        from loris.generation.sampling import SamplingConfig
+
+        tok = getattr(self, "tokenizer", None)
+        if eos_token_id is None:
+            eos_token_id = self.config.eos_token_id if tok is None else tok.eos_token_id
+        if pad_token_id is None and tok is not None:
+            pad_token_id = tok.pad_token_id
+        sampling = SamplingConfig(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
+        on_tokens = None
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+            on_tokens = lambda t: streamer.put(t.cpu())  # noqa: E731
+        was_training = self.training
+        self.eval()
+        try:
+            out = generate(
+                self,
+                input_ids,
+                attention_mask,
+                max_new_tokens=max_new_tokens,
+                sampling=sampling,
+                eos_token_id=eos_token_id,
+                pad_token_id=pad_token_id,
+                seed=seed,
+                on_tokens=on_tokens,
+            )
+        finally:
+            self.train(was_training)
+        if streamer is not None:
+            streamer.end()
+        return out

@@ -1,0 +1,106 @@
+"""Tiny random checkpoints of every supported family, built and saved with transformers itself."""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = 160
+
+# Each entry: transformers config kwargs for a tiny model exercising the family's quirks.
+FAMILIES: dict[str, dict] = {
+    "llama": dict(model_type="llama", attention_bias=False),
+    "llama3.2": dict(
+        model_type="llama",
+        tie_word_embeddings=True,
+        rope_scaling=dict(
+            rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16
+        ),
+        rope_theta=500000.0,
+    ),
+    "mistral": dict(model_type="mistral", sliding_window=6),
+    "qwen2": dict(model_type="qwen2", use_sliding_window=True, sliding_window=6, max_window_layers=1),
+    "qwen3": dict(model_type="qwen3", head_dim=24),
+    "gemma2": dict(
+        model_type="gemma2",
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=6,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        hidden_activation="gelu_pytorch_tanh",
+    ),
+    "gemma3": dict(
+        model_type="gemma3_text",
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=6,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_scaling=dict(rope_type="linear", factor=8.0),
+        rope_theta=1000000.0,
+        rope_local_base_freq=10000.0,
+    ),
+    "phi3": dict(
+        model_type="phi3",
+        max_position_embeddings=64,
+        original_max_position_embeddings=32,
+        rope_scaling=dict(type="longrope", short_factor=[1.0 + 0.1 * i for i in range(8)], long_factor=[2.0 + i for i in range(8)]),
+    ),
+}
+
+BASE = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def hf_config(family: str):
+    from transformers import CONFIG_MAPPING
+
+    kw = {**BASE, **FAMILIES[family]}
+    model_type = kw.pop("model_type")
+    return CONFIG_MAPPING[model_type](**kw)
+
+
+def make_hf_model(family: str, seed: int = 0):
+    """A random transformers model with randomised norm weights (so (1 + w) vs w mistakes show)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = hf_config(family)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.5)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over VOCAB ids: <pad>=0, <s>=1, </s>=2, <unk>=3, then w4 ... w{VOCAB-1}."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({f"w{i}": i for i in range(4, VOCAB)})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+
+
+def save_tiny(model, folder) -> None:
+    """Save a transformers model with the tiny tokenizer beside it, as a Hub checkpoint folder looks."""
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
