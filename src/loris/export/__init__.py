@@ -1,0 +1,1 @@
+"""Exporters: merged safetensors, GGUF (converter + quantizers), Ollama, Hub."""
