@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import string
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def build_tokenizer(kind: str = "bytelevel", bos: str = "<s>", eos: str = "</s>"
         tok.normalizer = normalizers.Replace(" ", "▁")
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
         tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
-        alphabet = sorted(set("".join(_CORPUS).replace(" ", "▁")) | set("\n▁"))
+        alphabet = sorted(set("".join(_CORPUS).replace(" ", "▁")) | set(string.printable.replace(" ", "▁")))
         specials = ["<unk>"] + specials
     trainer = trainers.BpeTrainer(
         vocab_size=500, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
