@@ -154,14 +154,21 @@ def _encode(tokenizer: Any, text: str, offsets: bool = False) -> Any:
     return tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
 
 
-def _inside(tokenizer: Any, text: str, start: int, end: int) -> tuple[int, ...]:
-    """Ids of the tokens lying wholly inside text[start:end] when the whole text is tokenized."""
+def _covering(tokenizer: Any, text: str, start: int, end: int) -> tuple[int, ...]:
+    """Ids of the tokens that spell text[start:end] when the whole text is tokenized.
+
+    A token straddling an edge of the span is kept when the part outside is whitespace (BPE often glues
+    a newline run to the next word: "\n\n###"), and dropped otherwise.
+    """
     enc = _encode(tokenizer, text, offsets=True)
-    return tuple(
-        tid
-        for tid, (s, e) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
-        if s >= start and e <= end
-    )
+    out = []
+    for tid, (s, e) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+        if e <= start or s >= end or e == s:
+            continue
+        outside = text[s:start] + text[end:e]
+        if outside.strip() == "":
+            out.append(tid)
+    return tuple(out)
 
 
 def marker_token_ids(tokenizer: Any, marker: str, force_match: bool = True) -> list[list[int]]:
@@ -181,7 +188,7 @@ def marker_token_ids(tokenizer: Any, marker: str, force_match: bool = True) -> l
                 pos = rendered.find(m, pos + 1)
         for text, pos in texts:
             try:
-                found.add(_inside(tokenizer, text, pos, pos + len(m)))
+                found.add(_covering(tokenizer, text, pos, pos + len(m)))
             except (NotImplementedError, KeyError, TypeError):  # no offsets (slow tokenizer): plain only
                 break
     want = marker.strip()
