@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -26,7 +29,7 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     if gguf_file is not None:
-        return AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        return _gguf_tokenizer(gguf_file)
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code, token=token)
 
 
@@ -56,3 +59,41 @@ def ensure_pad_token(tokenizer, vocab_rows: int) -> None:
                 "no spare token for padding: padding with EOS (mask padded labels by attention mask)"
             )
             tokenizer.pad_token = tokenizer.eos_token
+
+
+def _gguf_cache_dir(gguf_file: Path) -> Path:
+    """Where the converted tokenizer of one GGUF file is kept (keyed on path, size and mtime)."""
+    stat = gguf_file.stat()
+    key = hashlib.sha1(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("LORIS_CACHE", Path.home() / ".cache" / "loris"))
+    return root / "gguf-tokenizers" / key
+
+
+def _gguf_tokenizer(gguf_file: Path):
+    """transformers' GGUF tokenizer conversion takes tens of seconds, so its result is cached on disk."""
+    from transformers import AutoTokenizer
+
+    cache = _gguf_cache_dir(gguf_file)
+    if (cache / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(str(cache))
+    tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    _special_tokens_from_gguf(tok, gguf_file)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache.parent))
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, cache)
+    except OSError as e:  # a read-only home is no reason to fail
+        logger.debug("could not cache the GGUF tokenizer: %s", e)
+    return tok
+
+
+def _special_tokens_from_gguf(tokenizer, gguf_file: Path) -> None:
+    """Take BOS/EOS/PAD from the GGUF's own metadata; transformers' GGUF tokenizer may guess them wrong."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(gguf_file)).fields
+    for key, attr in (("bos", "bos_token"), ("eos", "eos_token"), ("padding", "pad_token")):
+        f = fields.get(f"tokenizer.ggml.{key}_token_id")
+        if f is not None:
+            setattr(tokenizer, attr, tokenizer.convert_ids_to_tokens(int(f.contents())))

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import FAMILIES, VOCAB
 
 from loris import FastLanguageModel
+from tiny_models import FAMILIES, VOCAB
 
 TOL = 1e-4
 
 
 def _load(folder):
-    model, _ = FastLanguageModel.from_pretrained(str(folder), dtype=torch.float32, load_in_4bit=False, device_map="cpu")
+    model, _ = FastLanguageModel.from_pretrained(
+        str(folder), dtype=torch.float32, load_in_4bit=False, device_map="cpu"
+    )
     return model.eval()
 
 

@@ -95,7 +95,13 @@ class Attention(nn.Module):
             out = self._softcapped_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None and q.shape[2] > 1,
+                scale=self.scale,
+                enable_gqa=True,
             )
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
@@ -214,18 +220,15 @@ class LorisForCausalLM(nn.Module):
         return tables
 
     def _masks(self, q_len, kv_len, start, attention_mask, device) -> dict[int | None, torch.Tensor | None]:
-        """One mask per distinct window; None where plain causal attention (SDPA's is_causal) is exact."""
+        """One mask per distinct window; None where no mask is needed: a full causal prefill (SDPA's
+        is_causal) or a single decoding query that may see the whole cache."""
         masks: dict[int | None, torch.Tensor | None] = {}
         for i in range(self.config.num_layers):
             window = self.config.sliding_window if self.config.is_sliding(i) else None
             if window in masks:
                 continue
-            plain = (
-                attention_mask is None
-                and start == 0
-                and q_len == kv_len
-                and (window is None or kv_len <= window)
-            )
+            fits = window is None or kv_len <= window
+            plain = attention_mask is None and fits and ((start == 0 and q_len == kv_len) or q_len == 1)
             masks[window] = (
                 None if plain else causal_mask(q_len, kv_len, start, attention_mask, window, device)
             )

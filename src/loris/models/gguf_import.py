@@ -141,7 +141,7 @@ class GGUFCheckpoint:
                 continue
             shape = [int(d) for d in reversed(t.shape)]
             array = dequantize(t.data, t.tensor_type).reshape(shape)
-            w = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            w = torch.from_numpy(np.array(array, dtype=np.float32))  # a writable copy
             if self.permuted_qk and name.endswith(("q_proj.weight", "k_proj.weight")):
                 heads = cfg["num_attention_heads"] if "q_proj" in name else cfg["num_key_value_heads"]
                 w = unpermute_qk(w, heads)
