@@ -13,7 +13,11 @@ FAMILIES: dict[str, dict] = {
         model_type="llama",
         tie_word_embeddings=True,
         rope_scaling=dict(
-            rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
         ),
         rope_theta=500000.0,
     ),
@@ -43,7 +47,11 @@ FAMILIES: dict[str, dict] = {
         model_type="phi3",
         max_position_embeddings=64,
         original_max_position_embeddings=32,
-        rope_scaling=dict(type="longrope", short_factor=[1.0 + 0.1 * i for i in range(8)], long_factor=[2.0 + i for i in range(8)]),
+        rope_scaling=dict(
+            type="longrope",
+            short_factor=[1.0 + 0.1 * i for i in range(8)],
+            long_factor=[2.0 + i for i in range(8)],
+        ),
     ),
 }
 
