@@ -352,6 +352,20 @@ def _f32(value: float) -> float:
     return float(np.float32(value))
 
 
+def _div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """IEEE float32 a / b with a Python-number side widened to a tensor first.
+
+    PyTorch evaluates ``number / tensor`` as ``reciprocal(tensor) * number`` and, on CUDA,
+    ``tensor / number`` as a multiply by the reciprocal; both round twice and move scales off
+    the values the C reference computes.
+    """
+    if not isinstance(a, torch.Tensor):
+        a = torch.full_like(b, _f32(a))
+    if not isinstance(b, torch.Tensor):
+        b = torch.full_like(a, _f32(b))
+    return torch.div(a, b)
+
+
 def _fp16_bytes(x: torch.Tensor) -> torch.Tensor:
     """float32 -> IEEE half (round to nearest even, like ggml) as 2 little-endian bytes."""
     return x.to(torch.float16).unsqueeze(-1).view(torch.uint8)
@@ -406,8 +420,8 @@ def _pack_2bit(L: torch.Tensor) -> torch.Tensor:
 
 def _q8_0(x: torch.Tensor) -> torch.Tensor:
     amax = x.abs().amax(dim=-1)
-    d = amax / 127.0
-    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    d = _div(amax, 127.0)
+    inv = torch.where(d != 0, _div(1.0, d), torch.zeros_like(d))
     q = _round_half_away(x * inv[:, None]).to(torch.int8).view(torch.uint8)
     return torch.cat([_fp16_bytes(d), q], dim=-1)
 
@@ -416,8 +430,8 @@ def _symmetric_4_5(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Te
     """Q4_0/Q5_0: scale from the signed extreme so it maps to -levels/2; returns (d, codes)."""
     half = levels // 2
     _, signed_max = _first_absmax(x)
-    d = signed_max / -float(half)
-    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    d = _div(signed_max, -float(half))
+    inv = torch.where(d != 0, _div(1.0, d), torch.zeros_like(d))
     codes = torch.trunc(x * inv[:, None] + (half + 0.5)).clamp(max=levels - 1).to(torch.int32)
     return d, codes
 
@@ -426,8 +440,8 @@ def _affine_4_5(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tenso
     """Q4_1/Q5_1: min/max affine grid; returns (d, min, codes)."""
     lo = x.amin(dim=-1)
     hi = x.amax(dim=-1)
-    d = (hi - lo) / float(levels - 1)
-    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    d = _div(hi - lo, float(levels - 1))
+    inv = torch.where(d != 0, _div(1.0, d), torch.zeros_like(d))
     codes = torch.trunc((x - lo[:, None]) * inv[:, None] + 0.5).clamp(max=levels - 1).to(torch.int32)
     return d, lo, codes
 
@@ -486,7 +500,7 @@ def _make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Ten
     wx = w * x
 
     def grid(numerator: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        levels = torch.round((-numerator / safe_max) * x).clamp_(-nmax, nmax - 1)
+        levels = torch.round(_div(-numerator, safe_max) * x).clamp_(-nmax, nmax - 1)
         return levels, _seq_sum(wx * levels), _seq_sum(w * levels * levels)
 
     L, sumlx, suml2 = grid(_f32(nmax))
@@ -516,7 +530,7 @@ def _make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Ten
     amax, signed_max = _first_absmax_t(x)
     zero = amax < _GROUP_MAX_EPS
     safe_max = torch.where(zero, torch.ones_like(signed_max), signed_max)
-    L = torch.round((-_f32(nmax) / safe_max) * x).clamp_(-nmax, nmax - 1)
+    L = torch.round(_div(-nmax, safe_max) * x).clamp_(-nmax, nmax - 1)
     w = x * x
     wx = w * x
     sumlx = _seq_sum(wx * L)
@@ -558,24 +572,26 @@ def _make_qkx2_quants(
     lo = torch.where(lo > 0, torch.zeros_like(lo), lo)
     hi = x.amax(dim=0)
     flat = hi == lo
-    span = torch.where(flat, torch.ones_like(hi), hi - lo)
     sum_w = _seq_sum(w)
     sum_x = _seq_sum(w * x)
-    shifted = x - lo
 
     def error(scale: torch.Tensor, mn: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         diff = scale * levels + mn - x
         diff = diff.abs_() if use_mad else diff.square_()
         return _seq_sum(diff.mul_(w))
 
-    iscale = _f32(nmax) / span
-    scale = 1.0 / iscale
-    L = torch.round(iscale * shifted).clamp_(0, nmax)
+    def span(mn: torch.Tensor) -> torch.Tensor:
+        return torch.where(flat, torch.ones_like(hi), hi - mn)
+
+    iscale = _div(nmax, span(lo))
+    scale = _div(1.0, iscale)
+    L = torch.round(iscale * (x - lo)).clamp_(0, nmax)
     best = error(scale, lo, L)
     mn = lo
     for step in range(nstep + 1):
+        # the reference keeps using the running best min for both the span and the shift
         numerator = _f32(_f32(rmin + _f32(_f32(rdelta) * step)) + nmax)
-        cand = torch.round((numerator / span) * shifted).clamp_(0, nmax)
+        cand = torch.round(_div(numerator, span(mn)) * (x - mn)).clamp_(0, nmax)
         wl = w * cand
         sum_l = _seq_sum(wl)
         sum_l2 = _seq_sum(wl * cand)
@@ -650,13 +666,13 @@ def _q2_k(x: torch.Tensor) -> torch.Tensor:
     max_scale, max_min = _positive_max(scales), _positive_max(mins)
 
     has_s = max_scale > 0
-    inv_s = torch.where(has_s, 15.0 / torch.where(has_s, max_scale, torch.ones_like(max_scale)), 0.0)
+    inv_s = torch.where(has_s, _div(15.0, torch.where(has_s, max_scale, torch.ones_like(max_scale))), 0.0)
     sc = torch.where(has_s[:, None], _nearest_u8(inv_s[:, None] * scales), 0)
-    d16 = torch.where(has_s, max_scale / 15.0, torch.zeros_like(max_scale))
+    d16 = torch.where(has_s, _div(max_scale, 15.0), torch.zeros_like(max_scale))
     has_m = max_min > 0
-    inv_m = torch.where(has_m, 15.0 / torch.where(has_m, max_min, torch.ones_like(max_min)), 0.0)
+    inv_m = torch.where(has_m, _div(15.0, torch.where(has_m, max_min, torch.ones_like(max_min))), 0.0)
     mq = torch.where(has_m[:, None], _nearest_u8(inv_m[:, None] * mins), 0)
-    dmin16 = torch.where(has_m, max_min / 15.0, torch.zeros_like(max_min))
+    dmin16 = torch.where(has_m, _div(max_min, 15.0), torch.zeros_like(max_min))
     packed_scales = (sc | (mq << 4)) & 0xFF
 
     d = _fp16_value(d16)[:, None] * (packed_scales & 0xF).to(torch.float32)
@@ -682,10 +698,10 @@ def _q3_k(x: torch.Tensor) -> torch.Tensor:
     scales, L = scales.view(nb, 16), _ungroup_t(L, nb, 16)
     _, max_scale = _first_absmax(scales)
     has = max_scale != 0
-    iscale = -32.0 / torch.where(has, max_scale, torch.ones_like(max_scale))
+    iscale = _div(-32.0, torch.where(has, max_scale, torch.ones_like(max_scale)))
     l6 = torch.round(iscale[:, None] * scales).clamp(-32, 31).to(torch.int32) + 32
     l6 = torch.where(has[:, None], l6, 0)
-    d16 = torch.where(has, 1.0 / iscale, torch.zeros_like(iscale))
+    d16 = torch.where(has, _div(1.0, iscale), torch.zeros_like(iscale))
 
     d = _fp16_value(d16)[:, None] * (l6 - 32).to(torch.float32)
     d = torch.where(has[:, None], d, torch.zeros_like(d))
@@ -712,16 +728,18 @@ def _k4_common(x: torch.Tensor, nmax: int, rmin: float, nstep: int):
     """Shared Q4_K/Q5_K path: per-32 affine fits, 6-bit scale/min codes, final levels."""
     nb = x.shape[0]
     xs = _groups_t(x, 32)
-    av_x = torch.sqrt(_seq_sum(xs * xs) / 32.0)
+    # sqrt in float64 then rounded: correctly rounded like C's sqrtf (torch's SIMD float32 sqrt
+    # on CPU may be 1 ulp off, which moves the weights and hence the chosen scale)
+    av_x = torch.sqrt(_div(_seq_sum(xs * xs), 32.0).double()).float()
     weights = av_x + xs.abs()
     scales, mins, L = _make_qkx2_quants(xs, weights, nmax, rmin, 0.1, nstep, False)
     scales, mins, L = scales.view(nb, 8), mins.view(nb, 8), _ungroup_t(L, nb, 32)
     max_scale, max_min = _positive_max(scales), _positive_max(mins)
-    inv_s = torch.where(max_scale > 0, 63.0 / torch.where(max_scale > 0, max_scale, 1.0), 0.0)
-    inv_m = torch.where(max_min > 0, 63.0 / torch.where(max_min > 0, max_min, 1.0), 0.0)
+    inv_s = torch.where(max_scale > 0, _div(63.0, torch.where(max_scale > 0, max_scale, 1.0)), 0.0)
+    inv_m = torch.where(max_min > 0, _div(63.0, torch.where(max_min > 0, max_min, 1.0)), 0.0)
     ls = _nearest_u8(inv_s[:, None] * scales).clamp(max=63)
     lm = _nearest_u8(inv_m[:, None] * mins).clamp(max=63)
-    d16, dmin16 = max_scale / 63.0, max_min / 63.0
+    d16, dmin16 = _div(max_scale, 63.0), _div(max_min, 63.0)
     d = _fp16_value(d16)[:, None] * ls.to(torch.float32)
     dm = _fp16_value(dmin16)[:, None] * lm.to(torch.float32)
     L = _requantize_affine(x.view(nb, 8, 32), L, d, dm, nmax).to(torch.int32)
@@ -749,8 +767,8 @@ def _q6_k(x: torch.Tensor) -> torch.Tensor:
     scales, L = scales.view(nb, 16), _ungroup_t(L, nb, 16)
     max_abs, max_scale = _first_absmax(scales)
     empty = max_abs < _GROUP_MAX_EPS
-    iscale = -128.0 / torch.where(empty, torch.ones_like(max_scale), max_scale)
-    d16 = 1.0 / iscale
+    iscale = _div(-128.0, torch.where(empty, torch.ones_like(max_scale), max_scale))
+    d16 = _div(1.0, iscale)
     sc = torch.round(iscale[:, None] * scales).clamp(max=127).to(torch.int32)
     d = _fp16_value(d16)[:, None] * sc.to(torch.float32)
     L = _requantize_symmetric(x.view(nb, 16, 16), L, d, 32).view(nb, 2, 4, 32).to(torch.int32)
