@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -74,6 +75,10 @@ class FastLanguageModel:
         device = pick_device(device_map)
         dtype = pick_dtype(dtype, device)
         source = resolve_source(model_name, token=token, revision=revision)
+        if (source.folder / "adapter_config.json").exists() and source.gguf_file is None:
+            return _load_with_adapter(
+                source.folder, max_seq_length, dtype, load_in_4bit, load_in_8bit, token, device_map, revision
+            )
         quantization = "nf4" if load_in_4bit else "int8" if load_in_8bit else None
         model = load_model(source, dtype=dtype, device=device, quantization=quantization)
         tokenizer = load_tokenizer(
@@ -88,6 +93,78 @@ class FastLanguageModel:
             for p in model.parameters():
                 p.requires_grad_(True)
         return model, tokenizer
+
+    @staticmethod
+    def get_peft_model(
+        model: LorisForCausalLM,
+        r: int = 16,
+        target_modules: list[str] | str | None = None,
+        lora_alpha: float = 16,
+        lora_dropout: float = 0.0,
+        bias: str = "none",
+        layers_to_transform: list[int] | int | None = None,
+        layers_pattern: str | None = None,
+        use_gradient_checkpointing: bool | str = True,
+        random_state: int = 3407,
+        max_seq_length: int | None = None,
+        use_rslora: bool = False,
+        modules_to_save: list[str] | None = None,
+        init_lora_weights: bool | str = True,
+        loftq_config: dict | None = None,
+        **kwargs: Any,
+    ) -> LorisForCausalLM:
+        """Add LoRA adapters to the projection slots (Unsloth's arguments and defaults).
+
+        ``use_gradient_checkpointing``: True (per-block recompute), False, or "offload" (alias "unsloth":
+        each block's input waits in pinned CPU memory until backward).
+        """
+        from loris.checkpointing import make_checkpoint_fn
+        from loris.lora import PROJECTIONS, LoraConfig, inject_lora
+
+        if kwargs.pop("use_dora", False):
+            raise ValueError("use_dora=True is not supported; loris trains plain LoRA")
+        kwargs.pop("ensure_weight_tying", None)
+        if kwargs:
+            raise TypeError(f"get_peft_model() got unexpected arguments: {', '.join(sorted(kwargs))}")
+        if loftq_config:
+            raise ValueError("LoftQ initialisation is not supported; drop loftq_config")
+        cfg = LoraConfig(
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=list(PROJECTIONS) if target_modules is None else target_modules,
+            bias=bias,
+            use_rslora=use_rslora,
+            modules_to_save=list(modules_to_save) if modules_to_save else None,
+            init_lora_weights=init_lora_weights,
+            layers_to_transform=layers_to_transform,
+            random_state=random_state,
+        )
+        checkpoint_fn = make_checkpoint_fn(use_gradient_checkpointing)
+        existing = getattr(model, "peft_config", None)
+        if existing is not None:
+            if existing == cfg:
+                logger.warning(
+                    "get_peft_model was called twice with the same arguments: keeping the adapters"
+                )
+                return model
+            raise ValueError(
+                "this model already has LoRA adapters with different settings; reload the base model to change them"
+            )
+        if any(p.requires_grad for p in model.parameters()):
+            raise ValueError(
+                "the model was loaded for full fine-tuning; load it without full_finetuning for LoRA"
+            )
+        inject_lora(model, cfg)
+        model.peft_config = cfg
+        model.gradient_checkpointing = checkpoint_fn
+        if max_seq_length:
+            model.max_seq_length = max_seq_length
+        tok = getattr(model, "tokenizer", None)
+        if tok is not None:
+            tok.padding_side = "right"
+        model.train()
+        return model
 
     @staticmethod
     def for_inference(model: LorisForCausalLM) -> LorisForCausalLM:
@@ -106,6 +183,50 @@ class FastLanguageModel:
         if tok is not None:
             tok.padding_side = "right"
         return model
+
+
+def _load_with_adapter(
+    folder, max_seq_length, dtype, load_in_4bit, load_in_8bit, token, device_map, revision
+):
+    """A PEFT adapter folder: load its base model, then the adapter (trainable, ready to continue)."""
+    from loris.peft_format import load_adapter_weights, lora_config_from_peft, read_adapter_config
+
+    peft_cfg = read_adapter_config(folder)
+    base = peft_cfg.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"{folder}/adapter_config.json names no base_model_name_or_path; set it to the base model"
+        )
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        base,
+        max_seq_length=max_seq_length,
+        dtype=dtype,
+        load_in_4bit=load_in_4bit,
+        load_in_8bit=load_in_8bit,
+        token=token,
+        device_map=device_map,
+        revision=revision,
+    )
+    lcfg = lora_config_from_peft(peft_cfg)
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=lcfg.r,
+        target_modules=lcfg.target_modules,
+        lora_alpha=lcfg.lora_alpha,
+        lora_dropout=lcfg.lora_dropout,
+        use_rslora=lcfg.use_rslora,
+        modules_to_save=lcfg.modules_to_save,
+        layers_to_transform=lcfg.layers_to_transform,
+    )
+    load_adapter_weights(model, folder, peft_cfg)
+    if (Path(folder) / "tokenizer_config.json").exists():
+        from loris.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(Path(folder))
+        ensure_pad_token(tokenizer, model.config.vocab_size)
+        model.tokenizer = tokenizer
+    tokenizer.padding_side = "left"
+    return model, tokenizer
 
 
 FastModel = FastLanguageModel

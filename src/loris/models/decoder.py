@@ -315,6 +315,33 @@ class LorisForCausalLM(nn.Module):
             hidden, self.lm_head.weight, labels, softcap=self.config.final_logit_softcap, reduction=reduction
         )
 
+    # ---- adapters (see loris.lora / loris.peft_format) -------------------------------------------
+
+    peft_config = None  # a loris.lora.LoraConfig once get_peft_model has run
+
+    def save_pretrained(self, save_directory, tokenizer=None, **_: object):
+        """Save the LoRA adapter in PEFT's format (and the tokenizer, if given)."""
+        from loris.peft_format import save_adapter
+
+        out = save_adapter(self, save_directory)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+        return out
+
+    def disable_adapter(self):
+        """Context manager: run the base model alone (PEFT's name)."""
+        from loris.lora import adapters_disabled
+
+        return adapters_disabled(self)
+
+    def print_trainable_parameters(self) -> None:
+        from loris.lora import count_parameters
+
+        trainable, total = count_parameters(self)
+        print(
+            f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+        )
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         seen, total = set(), 0
         for p in self.parameters():

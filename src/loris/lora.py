@@ -1,0 +1,256 @@
+"""LoRA: low-rank adapters in the projection slots of a `LorisForCausalLM`.
+
+``y = base(x) + (dropout(x) @ A^T @ B^T) * scaling`` with the base weight frozen (16-bit, NF4 or
+int8) and A, B trainable in fp32. ``get_peft_model`` takes Unsloth's arguments; adapters save and load
+in PEFT's format (see `loris.peft_format`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loris.quant import QuantizedLinear
+
+logger = logging.getLogger(__name__)
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SAVABLE_MODULES = ("embed_tokens", "lm_head")
+
+
+@dataclass
+class LoraConfig:
+    """What was asked of `get_peft_model`, in PEFT's field names (written to adapter_config.json)."""
+
+    r: int = 16
+    lora_alpha: float = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(PROJECTIONS))
+    bias: str = "none"
+    use_rslora: bool = False
+    modules_to_save: list[str] | None = None
+    init_lora_weights: bool | str = True
+    layers_to_transform: list[int] | None = None
+    random_state: int = 3407
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int):
+            raise TypeError(f"r must be a positive int (the LoRA rank), got {self.r!r}")
+        if self.r <= 0:
+            raise ValueError(f"r must be a positive int (the LoRA rank), got {self.r}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.bias != "none":
+            raise ValueError(f"bias={self.bias!r} is not supported: loris trains LoRA with bias='none'")
+        if self.init_lora_weights not in (True, False, "gaussian"):
+            raise ValueError(
+                f"init_lora_weights={self.init_lora_weights!r}: use True (PEFT's default), False or 'gaussian'"
+            )
+        self.target_modules = _normalise_targets(self.target_modules, self)
+        if self.modules_to_save:
+            bad = [m for m in self.modules_to_save if m not in SAVABLE_MODULES]
+            if bad:
+                raise ValueError(f"modules_to_save may hold only {list(SAVABLE_MODULES)}, got {bad}")
+            self.modules_to_save = list(dict.fromkeys(self.modules_to_save))
+        if isinstance(self.layers_to_transform, int):
+            self.layers_to_transform = [self.layers_to_transform]
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _normalise_targets(targets, cfg: LoraConfig) -> list[str]:
+    if targets in ("all-linear", "all_linear", None):
+        return list(PROJECTIONS)
+    if isinstance(targets, str):
+        targets = [targets]
+    out = []
+    for t in targets:
+        if t in SAVABLE_MODULES:  # Unsloth moves these to modules_to_save
+            cfg.modules_to_save = [*(cfg.modules_to_save or []), t]
+            continue
+        if t not in PROJECTIONS:
+            raise ValueError(
+                f"unknown target module {t!r}; valid: {', '.join(PROJECTIONS)} (or embed_tokens, lm_head)"
+            )
+        out.append(t)
+    if not out and not cfg.modules_to_save:
+        raise ValueError("target_modules is empty: name at least one of " + ", ".join(PROJECTIONS))
+    return list(dict.fromkeys(out))
+
+
+class LoraLinear(nn.Module):
+    """A frozen base linear plus a trainable low-rank update, in fp32."""
+
+    def __init__(self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base
+        in_f, out_f = _features(base)
+        device = _device_of(base)
+        self.lora_A = nn.Parameter(torch.empty(r, in_f, device=device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(out_f, r, device=device, dtype=torch.float32))
+        self.r, self.scaling, self.dropout = r, scaling, dropout
+        self.merged = False
+        self.disabled = False
+
+    @property
+    def in_features(self) -> int:
+        return self.lora_A.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.lora_B.shape[0]
+
+    @property
+    def bias(self):
+        return self.base.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight as stored (packed bytes for quantized bases)."""
+        return self.base.weight
+
+    def reset_parameters(self, init: bool | str = True) -> None:
+        with torch.no_grad():
+            if init == "gaussian":
+                nn.init.normal_(self.lora_A, std=1.0 / self.r)
+            else:  # PEFT's default (and `False`, which then also randomises B)
+                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            if init is False:
+                nn.init.normal_(self.lora_B, std=0.02)
+            else:
+                self.lora_B.zero_()
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged or self.disabled:
+            return y
+        h = F.dropout(x, self.dropout, self.training) if self.dropout else x
+        h = h.to(self.lora_A.dtype) if not torch.is_autocast_enabled(x.device.type) else h
+        update = (h @ self.lora_A.t()) @ self.lora_B.t()
+        return y + (update * self.scaling).to(y.dtype)
+
+    def merge(self) -> None:
+        """Fold the update into a 16-bit base weight (quantized bases merge at export time instead)."""
+        if self.merged:
+            return
+        if isinstance(self.base, QuantizedLinear):
+            raise TypeError(
+                "cannot merge into a quantized base in place; export with save_pretrained_merged instead"
+            )
+        with torch.no_grad():
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        with torch.no_grad():
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scaling={self.scaling:g}, dropout={self.dropout}"
+
+
+def _features(base: nn.Module) -> tuple[int, int]:
+    return int(base.in_features), int(base.out_features)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------- model-level
+
+
+def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoraLinear]]:
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLinear):
+            yield name, module
+
+
+def inject_lora(model, cfg: LoraConfig) -> None:
+    """Replace the targeted projection slots with `LoraLinear` wrappers, then freeze everything else."""
+    layers = set(cfg.layers_to_transform) if cfg.layers_to_transform is not None else None
+    n_layers = model.config.num_layers
+    if layers is not None and not layers <= set(range(n_layers)):
+        raise ValueError(f"layers_to_transform {sorted(layers)} outside 0..{n_layers - 1}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.random_state)
+    try:
+        for i, block in enumerate(model.layers):
+            if layers is not None and i not in layers:
+                continue
+            for parent in (block.self_attn, block.mlp):
+                for name in cfg.target_modules:
+                    base = getattr(parent, name, None)
+                    if base is None:
+                        continue
+                    lora = LoraLinear(base, cfg.r, cfg.scaling, cfg.lora_dropout)
+                    lora.reset_parameters(cfg.init_lora_weights)
+                    setattr(parent, name, lora)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    for name in cfg.modules_to_save or []:
+        _make_trainable_module(model, name)
+
+
+def _make_trainable_module(model, name: str) -> None:
+    """Train embed_tokens / lm_head fully (fp32 master copy); untie them first if they share storage."""
+    if model.config.tie_word_embeddings and model.lm_head.weight is model.embed_tokens.weight:
+        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone(), requires_grad=False)
+        model.untied_for_training = True
+    module = getattr(model, name)
+    module.weight = nn.Parameter(module.weight.detach().float(), requires_grad=True)
+
+
+@contextlib.contextmanager
+def adapters_disabled(model) -> Iterator[None]:
+    """Run the base model (e.g. the reference policy in GRPO) without a second copy of the weights."""
+    mods = [m for _, m in lora_modules(model)]
+    previous = [m.disabled for m in mods]
+    for m in mods:
+        m.disabled = True
+    try:
+        yield
+    finally:
+        for m, p in zip(mods, previous, strict=True):
+            m.disabled = p
+
+
+def count_parameters(model) -> tuple[int, int]:
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel() * (2 if p.dtype == torch.uint8 else 1)  # packed 4-bit holds two weights a byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    for module in model.modules():  # quantized weights are buffers
+        if isinstance(module, QuantizedLinear):
+            w = module.weight
+            total += w.numel() * (2 if w.dtype == torch.uint8 else 1)
+    return trainable, total
