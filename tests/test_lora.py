@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from tiny_models import VOCAB
 
 from loris import FastLanguageModel
 from loris.lora import LoraLinear, lora_modules
+from tiny_models import VOCAB
 
 
 def _load(folder, **kw):
