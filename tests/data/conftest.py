@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import string
 from pathlib import Path
 
 import pytest
 
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = Path(os.environ.get("LORIS_REFERENCE_DIR", "/work/shared/reference"))
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -87,7 +88,10 @@ def smol_tokenizer(request):
 
     stat = gguf.stat()
     key = f"{stat.st_size}-{int(stat.st_mtime)}-{transformers.__version__}"
-    cache = Path(request.config.cache.mkdir("loris-smollm2-tokenizer"))
+    if getattr(request.config, "cache", None) is not None:
+        cache = Path(request.config.cache.mkdir("loris-smollm2-tokenizer"))
+    else:  # -p no:cacheprovider
+        cache = request.getfixturevalue("tmp_path_factory").mktemp("smollm2-tokenizer")
     if (cache / "key").exists() and (cache / "key").read_text() == key:
         return AutoTokenizer.from_pretrained(str(cache))
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=SMOL_GGUF)
