@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -52,16 +53,13 @@ def test_shipped_template_is_the_published_file(name):
 
 
 def test_every_shipped_file_has_a_source():
-    sources = json.loads(
-        (TEMPLATES["chatml"].__class__.__module__ and __import__("importlib.resources").resources)
-        .files("loris.data")
-        .joinpath("templates")
-        .joinpath("sources.json")
-        .read_text()
-    )
+    folder = resources.files("loris.data").joinpath("templates")
+    sources = json.loads(folder.joinpath("sources.json").read_text())
     for spec in TEMPLATES.values():
         group, file = spec.file.split("/")
         assert file in sources[group], spec.file
+    for file in sources["published"]:
+        assert folder.joinpath("published").joinpath(file).is_file()
 
 
 @pytest.mark.parametrize("chat", CHATS)
