@@ -11,10 +11,13 @@ _LAZY = {
     "FastLanguageModel": "loris.api",
     "FastModel": "loris.api",
     "is_bfloat16_supported": "loris.api",
+    "SFTConfig": "loris.trainers.sft",
+    "SFTTrainer": "loris.trainers.sft",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from loris.api import FastLanguageModel, FastModel, is_bfloat16_supported  # noqa: F401
+    from loris.trainers.sft import SFTConfig, SFTTrainer  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

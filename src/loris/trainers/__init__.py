@@ -13,8 +13,13 @@ from loris.trainers.loop import (
     TrainingDivergedError,
     TrainOutput,
 )
+from loris.trainers.sft import SFTConfig, SFTTrainer
+from loris.trainers.sft_data import SFTCollator
 
 __all__ = [
+    "SFTCollator",
+    "SFTConfig",
+    "SFTTrainer",
     "TrainingConfig",
     "Trainer",
     "TrainerCallback",
