@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""LoRA / QLoRA training throughput and peak GPU memory: loris beside its peers, one process each.
+
+Protocol (the one behind the shared anchor numbers, so results compare): a random-initialised
+checkpoint with a real model's shape (bf16), random token ids in [0, 128000) with seed 1234,
+labels = ids, LoRA r=16 / alpha=16 / dropout 0 on the 7 projections with fp32 adapters, and the same
+loop for every system::
+
+    with autocast(bf16): loss = model(input_ids=ids, labels=ids).loss
+    loss.backward(); opt.step(); opt.zero_grad()
+
+torch AdamW(lr=2e-4) over the trainable parameters; 3 warm-up steps, then 10 timed steps.
+
+  python benchmarks/lora_bench.py suite --settings lora --systems hf unsloth loris --outdir OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VOCAB = 128256
+SHAPES = {
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=64, tie_word_embeddings=True),
+}
+SETTINGS = {
+    "lora": dict(shape="1b", qlora=False, batch=4, seq=2048),
+    "qlora": dict(shape="8b", qlora=True, batch=2, seq=2048),
+    "smoke": dict(shape="tiny", qlora=False, batch=2, seq=128),
+}
+GiB = 1024**3
+
+
+def make_checkpoint(shape: str, out: Path) -> None:
+    """A random bf16 Llama-3-shaped checkpoint plus a byte-level tokenizer of 128256 ids."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+        bos_token_id=128000, eos_token_id=128001,
+        rope_scaling=dict(rope_type="llama3", factor=32.0 if shape != "8b" else 8.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=8192),
+        **SHAPES[shape],
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(out, max_shard_size="5GB")
+    del model
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    while len(vocab) < VOCAB - 2:
+        vocab[f"Ġt{len(vocab)}"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>").save_pretrained(out)
+
+
+def load_system(system: str, ckpt: str, qlora: bool, seq: int, seed: int, res: dict):
+    import torch
+
+    if system == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, _ = FastLanguageModel.from_pretrained(
+            model_name=ckpt, max_seq_length=seq, dtype=torch.bfloat16, load_in_4bit=qlora,
+            load_in_16bit=not qlora, local_files_only=True,
+        )
+        model = FastLanguageModel.get_peft_model(
+            model, r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none",
+            use_gradient_checkpointing="unsloth", random_state=seed, max_seq_length=seq,
+        )
+        return model
+    if system.startswith("loris"):
+        from loris import FastLanguageModel
+
+        model, _ = FastLanguageModel.from_pretrained(ckpt, max_seq_length=seq, dtype=torch.bfloat16, load_in_4bit=qlora)
+        mode = "offload" if system.endswith("offload") else True
+        model = FastLanguageModel.get_peft_model(
+            model, r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
+            use_gradient_checkpointing=mode, random_state=seed,
+        )
+        res["gradient_checkpointing"] = str(mode)
+        return model
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    if system == "liger":
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama()
+    kw = dict(dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0})
+    if qlora:
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    model = AutoModelForCausalLM.from_pretrained(ckpt, **kw)
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(seed)
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
+                                            bias="none", task_type="CAUSAL_LM"))
+
+
+def train(args) -> dict:
+    setting = SETTINGS[args.setting]
+    res = dict(system=args.system, setting=args.setting, **setting)
+    t0 = time.time()
+    if args.system == "unsloth":
+        import unsloth  # noqa: F401  (must precede transformers)
+    import torch
+
+    res["import_s"] = round(time.time() - t0, 1)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    dev = torch.device("cuda")
+    res["gpu"] = torch.cuda.get_device_name(0)
+    t1 = time.time()
+    model = load_system(args.system, args.ckpt, setting["qlora"], setting["seq"], args.seed, res)
+    model.train()
+    res["load_s"] = round(time.time() - t1, 1)
+    torch.cuda.synchronize()
+    res["mem_after_load_GiB"] = round(torch.cuda.memory_allocated() / GiB, 3)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    res["trainable_params"] = sum(p.numel() for p in trainable)
+    g = torch.Generator().manual_seed(1234)
+    n = args.warmup + args.steps
+    b, s = setting["batch"], setting["seq"]
+    batches = [torch.randint(0, 128000, (b, s), generator=g).to(dev) for _ in range(n)]
+    opt = torch.optim.AdamW(trainable, lr=2e-4)
+
+    def step(ids):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    losses = [step(batches[i]) for i in range(args.warmup)]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    events = []
+    t = time.perf_counter()
+    for i in range(args.steps):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        losses.append(step(batches[args.warmup + i]))
+        e1.record()
+        events.append((e0, e1))
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    times = sorted(a.elapsed_time(z) / 1000 for a, z in events)
+    res["tokens_per_s"] = round(b * s * args.steps / dt, 1)
+    res["tokens_per_s_median_step"] = round(b * s / times[len(times) // 2], 1)
+    res["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / GiB, 3)
+    res["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / GiB, 3)
+    res["losses"] = [round(float(x), 4) for x in losses]
+    res["versions"] = versions()
+    return res
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "triton", "bitsandbytes", "liger_kernel", "unsloth"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cmd_train(args) -> int:
+    try:
+        res = train(args)
+        res["ok"] = True
+    except BaseException as e:  # noqa: BLE001 - report every failure in the results
+        res = dict(system=args.system, setting=args.setting, ok=False, error=f"{type(e).__name__}: {e}"[:1500],
+                   traceback=traceback.format_exc()[-3000:])
+        traceback.print_exc()
+    print("RESULT " + json.dumps(res), flush=True)
+    return 0 if res["ok"] else 1
+
+
+def cmd_suite(args) -> int:
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for setting in args.settings:
+        ckpt = Path(args.workdir) / SETTINGS[setting]["shape"]
+        if not (ckpt / "config.json").exists():
+            t = time.time()
+            make_checkpoint(SETTINGS[setting]["shape"], ckpt)
+            print(f"[bench] checkpoint {setting}: {time.time() - t:.0f}s", flush=True)
+        for system in args.systems:
+            t = time.time()
+            p = subprocess.run(
+                [sys.executable, __file__, "train", "--system", system, "--setting", setting, "--ckpt", str(ckpt),
+                 "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                capture_output=True, text=True, timeout=args.timeout,
+            )
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+            res = json.loads(line[-1][7:]) if line else dict(system=system, setting=setting, ok=False,
+                                                               error=p.stderr[-2000:])
+            res["wall_s"] = round(time.time() - t, 1)
+            rows.append(res)
+            print(f"[bench] {setting}/{system}: " + (f"{res.get('tokens_per_s')} tok/s, peak {res.get('peak_mem_gb')} GiB"
+                  if res.get("ok") else "FAILED " + res.get("error", "")[-600:]), flush=True)
+            (out / "lora_bench.json").write_text(json.dumps(rows, indent=1))
+    print_table(rows)
+    return 0
+
+
+def print_table(rows) -> None:
+    print("| setting | system | tokens/s | median-step tokens/s | peak GiB | loss first -> last |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if r.get("ok"):
+            print(f"| {r['setting']} | {r['system']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_median_step']:,.0f} | "
+                  f"{r['peak_mem_gb']:.2f} | {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} |")
+        else:
+            print(f"| {r['setting']} | {r['system']} | failed | | | {r.get('error', '')[:80]} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--system", required=True)
+    t.add_argument("--setting", required=True, choices=list(SETTINGS))
+    t.add_argument("--ckpt", required=True)
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--warmup", type=int, default=3)
+    t.add_argument("--seed", type=int, default=3407)
+    s = sub.add_parser("suite")
+    s.add_argument("--settings", nargs="+", default=["lora"])
+    s.add_argument("--systems", nargs="+", default=["hf", "unsloth", "loris"])
+    s.add_argument("--outdir", default=os.environ.get("OUT", "bench-out"))
+    s.add_argument("--workdir", default="/dev/shm/loris-bench")
+    s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--timeout", type=int, default=400)
+    args = ap.parse_args()
+    return cmd_train(args) if args.cmd == "train" else cmd_suite(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
