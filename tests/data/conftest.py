@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-REFERENCE = Path(os.environ.get("LORIS_REFERENCE_DIR", "/work/shared/reference"))
+REFERENCE = Path(
+    os.environ.get("LORIS_REFERENCE_DIR", Path(__file__).resolve().parents[1] / "fixtures" / "reference")
+)
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -14,7 +14,9 @@ from jinja2.exceptions import TemplateError
 from loris.data.chat_templates import get_chat_template, spec_for_tokenizer, split_prologue, wrap_template
 from loris.data.registry import TEMPLATES, resolve_template, template_names
 
-REFERENCE = Path(os.environ.get("LORIS_REFERENCE_DIR", "/work/shared/reference"))
+REFERENCE = Path(
+    os.environ.get("LORIS_REFERENCE_DIR", Path(__file__).resolve().parents[1] / "fixtures" / "reference")
+)
 pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference data {REFERENCE} is absent")
 PUBLISHED = [name for name, spec in TEMPLATES.items() if spec.published]
 CHATS = ["single", "system", "multi", "system_multi"]

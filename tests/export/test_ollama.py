@@ -20,7 +20,9 @@ from loris.chat_templates import apply_chat_template, get_chat_template
 from loris.data.registry import TEMPLATES
 from loris.export.ollama import modelfile_for
 
-REFERENCE = Path(os.environ.get("LORIS_REFERENCE_DIR", "/work/shared/reference"))
+REFERENCE = Path(
+    os.environ.get("LORIS_REFERENCE_DIR", Path(__file__).resolve().parents[1] / "fixtures" / "reference")
+)
 pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference data {REFERENCE} is absent")
 SPECIALS = sorted(
     {t for spec in TEMPLATES.values() for t in spec.stop_tokens} | {"<s>", "</s>", "<bos>", "<eos>"}
