@@ -28,12 +28,33 @@ from pathlib import Path
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VOCAB = 128256
 SHAPES = {
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
-    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=64, tie_word_embeddings=True),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        tie_word_embeddings=True,
+    ),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=False,
+    ),
+    "tiny": dict(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        tie_word_embeddings=True,
+    ),
 }
 SETTINGS = {
     "lora": dict(shape="1b", qlora=False, batch=4, seq=2048),
@@ -51,10 +72,19 @@ def make_checkpoint(shape: str, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-        bos_token_id=128000, eos_token_id=128001,
-        rope_scaling=dict(rope_type="llama3", factor=32.0 if shape != "8b" else 8.0, low_freq_factor=1.0,
-                          high_freq_factor=4.0, original_max_position_embeddings=8192),
+        vocab_size=VOCAB,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        bos_token_id=128000,
+        eos_token_id=128001,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=32.0 if shape != "8b" else 8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
         **SHAPES[shape],
     )
     torch.manual_seed(0)
@@ -68,7 +98,9 @@ def make_checkpoint(shape: str, out: Path) -> None:
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
-    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>").save_pretrained(out)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"
+    ).save_pretrained(out)
 
 
 def load_system(system: str, ckpt: str, qlora: bool, seq: int, seed: int, res: dict):
@@ -78,22 +110,40 @@ def load_system(system: str, ckpt: str, qlora: bool, seq: int, seed: int, res: d
         from unsloth import FastLanguageModel
 
         model, _ = FastLanguageModel.from_pretrained(
-            model_name=ckpt, max_seq_length=seq, dtype=torch.bfloat16, load_in_4bit=qlora,
-            load_in_16bit=not qlora, local_files_only=True,
+            model_name=ckpt,
+            max_seq_length=seq,
+            dtype=torch.bfloat16,
+            load_in_4bit=qlora,
+            load_in_16bit=not qlora,
+            local_files_only=True,
         )
         model = FastLanguageModel.get_peft_model(
-            model, r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none",
-            use_gradient_checkpointing="unsloth", random_state=seed, max_seq_length=seq,
+            model,
+            r=16,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules=TARGETS,
+            bias="none",
+            use_gradient_checkpointing="unsloth",
+            random_state=seed,
+            max_seq_length=seq,
         )
         return model
     if system.startswith("loris"):
         from loris import FastLanguageModel
 
-        model, _ = FastLanguageModel.from_pretrained(ckpt, max_seq_length=seq, dtype=torch.bfloat16, load_in_4bit=qlora)
+        model, _ = FastLanguageModel.from_pretrained(
+            ckpt, max_seq_length=seq, dtype=torch.bfloat16, load_in_4bit=qlora
+        )
         mode = "offload" if system.endswith("offload") else True
         model = FastLanguageModel.get_peft_model(
-            model, r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
-            use_gradient_checkpointing=mode, random_state=seed,
+            model,
+            r=16,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules=TARGETS,
+            use_gradient_checkpointing=mode,
+            random_state=seed,
         )
         res["gradient_checkpointing"] = str(mode)
         return model
@@ -109,15 +159,21 @@ def load_system(system: str, ckpt: str, qlora: bool, seq: int, seed: int, res: d
         from transformers import BitsAndBytesConfig
 
         kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
     model = AutoModelForCausalLM.from_pretrained(ckpt, **kw)
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)
-    return get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
-                                            bias="none", task_type="CAUSAL_LM"))
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none", task_type="CAUSAL_LM"
+        ),
+    )
 
 
 def train(args) -> dict:
@@ -194,8 +250,13 @@ def cmd_train(args) -> int:
         res = train(args)
         res["ok"] = True
     except BaseException as e:  # noqa: BLE001 - report every failure in the results
-        res = dict(system=args.system, setting=args.setting, ok=False, error=f"{type(e).__name__}: {e}"[:1500],
-                   traceback=traceback.format_exc()[-3000:])
+        res = dict(
+            system=args.system,
+            setting=args.setting,
+            ok=False,
+            error=f"{type(e).__name__}: {e}"[:1500],
+            traceback=traceback.format_exc()[-3000:],
+        )
         traceback.print_exc()
     print("RESULT " + json.dumps(res), flush=True)
     return 0 if res["ok"] else 1
@@ -214,17 +275,42 @@ def cmd_suite(args) -> int:
         for system in args.systems:
             t = time.time()
             p = subprocess.run(
-                [sys.executable, __file__, "train", "--system", system, "--setting", setting, "--ckpt", str(ckpt),
-                 "--steps", str(args.steps), "--warmup", str(args.warmup)],
-                capture_output=True, text=True, timeout=args.timeout,
+                [
+                    sys.executable,
+                    __file__,
+                    "train",
+                    "--system",
+                    system,
+                    "--setting",
+                    setting,
+                    "--ckpt",
+                    str(ckpt),
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=args.timeout,
             )
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-            res = json.loads(line[-1][7:]) if line else dict(system=system, setting=setting, ok=False,
-                                                               error=p.stderr[-2000:])
+            res = (
+                json.loads(line[-1][7:])
+                if line
+                else dict(system=system, setting=setting, ok=False, error=p.stderr[-2000:])
+            )
             res["wall_s"] = round(time.time() - t, 1)
             rows.append(res)
-            print(f"[bench] {setting}/{system}: " + (f"{res.get('tokens_per_s')} tok/s, peak {res.get('peak_mem_gb')} GiB"
-                  if res.get("ok") else "FAILED " + res.get("error", "")[-600:]), flush=True)
+            print(
+                f"[bench] {setting}/{system}: "
+                + (
+                    f"{res.get('tokens_per_s')} tok/s, peak {res.get('peak_mem_gb')} GiB"
+                    if res.get("ok")
+                    else "FAILED " + res.get("error", "")[-600:]
+                ),
+                flush=True,
+            )
             (out / "lora_bench.json").write_text(json.dumps(rows, indent=1))
     print_table(rows)
     return 0
@@ -235,8 +321,10 @@ def print_table(rows) -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         if r.get("ok"):
-            print(f"| {r['setting']} | {r['system']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_median_step']:,.0f} | "
-                  f"{r['peak_mem_gb']:.2f} | {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} |")
+            print(
+                f"| {r['setting']} | {r['system']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_median_step']:,.0f} | "
+                f"{r['peak_mem_gb']:.2f} | {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} |"
+            )
         else:
             print(f"| {r['setting']} | {r['system']} | failed | | | {r.get('error', '')[:80]} |")
 
