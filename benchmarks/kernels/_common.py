@@ -23,10 +23,22 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 # Llama-3.2-1B and Llama-3.1-8B; 4 sequences of 2048 tokens per step.
 MODEL_SHAPES: dict[str, dict[str, int]] = {
-    "llama-3.2-1b": {"hidden": 2048, "intermediate": 8192, "q_heads": 32, "kv_heads": 8, "head_dim": 64,
-                     "vocab": 128256},
-    "llama-3.1-8b": {"hidden": 4096, "intermediate": 14336, "q_heads": 32, "kv_heads": 8, "head_dim": 128,
-                     "vocab": 128256},
+    "llama-3.2-1b": {
+        "hidden": 2048,
+        "intermediate": 8192,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 64,
+        "vocab": 128256,
+    },
+    "llama-3.1-8b": {
+        "hidden": 4096,
+        "intermediate": 14336,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "vocab": 128256,
+    },
 }
 BATCH, SEQ = 4, 2048
 
@@ -38,7 +50,9 @@ def ensure_importable() -> None:
         sys.path.insert(0, src)
 
 
-def _sync_time(fn: Callable[[], Any], grad_to_none: Sequence[torch.Tensor] | None) -> tuple[float, float, float]:
+def _sync_time(
+    fn: Callable[[], Any], grad_to_none: Sequence[torch.Tensor] | None
+) -> tuple[float, float, float]:
     from triton.testing import do_bench
 
     p50, p20, p80 = do_bench(fn, grad_to_none=list(grad_to_none or []), quantiles=[0.5, 0.2, 0.8])
@@ -55,7 +69,9 @@ def peak_memory_mib(fn: Callable[[], Any]) -> float:
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
-def fwd_bwd(fn: Callable[[], Any], grads: Callable[[Any], Sequence[torch.Tensor]] | None = None) -> Callable[[], None]:
+def fwd_bwd(
+    fn: Callable[[], Any], grads: Callable[[Any], Sequence[torch.Tensor]] | None = None
+) -> Callable[[], None]:
     """Wrap a forward into forward+backward with a fixed upstream gradient per output."""
     cache: dict[str, list[torch.Tensor]] = {}
 
@@ -92,12 +108,18 @@ def measure(
                 mem = peak_memory_mib(fn)
                 for leaf in leaves:
                     leaf.grad = None
-                row = {"ms": round(ms[0], 4), "ms_p20": round(ms[1], 4), "ms_p80": round(ms[2], 4),
-                       "peak_mib": round(mem, 1)}
+                row = {
+                    "ms": round(ms[0], 4),
+                    "ms_p20": round(ms[1], 4),
+                    "ms_p80": round(ms[2], 4),
+                    "peak_mib": round(mem, 1),
+                }
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 row = {"ms": None, "ms_p20": None, "ms_p80": None, "peak_mib": None, "error": "OOM"}
-            rows.append({"op": op, "shape": shape, "provider": provider, "mode": mode, **row, **(extra or {})})
+            rows.append(
+                {"op": op, "shape": shape, "provider": provider, "mode": mode, **row, **(extra or {})}
+            )
     return rows
 
 

@@ -18,12 +18,15 @@ def run() -> list[dict[str, Any]]:
     )
 
     rows = []
-    for op, fused, ref in (("swiglu", swiglu_triton, swiglu_reference),
-                           ("geglu_tanh", geglu_tanh_triton, geglu_tanh_reference)):
+    for op, fused, ref in (
+        ("swiglu", swiglu_triton, swiglu_reference),
+        ("geglu_tanh", geglu_tanh_triton, geglu_tanh_reference),
+    ):
         compiled = torch.compile(ref, dynamic=False)
         for name, cfg in MODEL_SHAPES.items():
-            gate = torch.randn(BATCH * SEQ, cfg["intermediate"], device="cuda", dtype=torch.bfloat16,
-                               requires_grad=True)
+            gate = torch.randn(
+                BATCH * SEQ, cfg["intermediate"], device="cuda", dtype=torch.bfloat16, requires_grad=True
+            )
             up = torch.randn_like(gate, requires_grad=True)
             providers = {
                 "loris": lambda g=gate, u=up, f=fused: f(g, u),

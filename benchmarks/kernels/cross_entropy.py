@@ -16,13 +16,20 @@ def run() -> list[dict[str, Any]]:
     compiled = torch.compile(linear_cross_entropy_reference, dynamic=False)
     n = BATCH * SEQ
     rows = []
-    cases = [("llama-3.2-1b", True, 0.0), ("llama-3.2-1b", False, 0.0), ("llama-3.1-8b", False, 0.0),
-             ("llama-3.1-8b", False, 0.5), ("llama-3.1-8b", True, 0.0)]
+    cases = [
+        ("llama-3.2-1b", True, 0.0),
+        ("llama-3.2-1b", False, 0.0),
+        ("llama-3.1-8b", False, 0.0),
+        ("llama-3.1-8b", False, 0.5),
+        ("llama-3.1-8b", True, 0.0),
+    ]
     for name, train_head, ignored in cases:
         cfg = MODEL_SHAPES[name]
         gen = torch.Generator(device="cuda").manual_seed(0)
-        h = torch.randn(n, cfg["hidden"], device="cuda", dtype=torch.bfloat16, generator=gen, requires_grad=True)
-        w = (torch.randn(cfg["vocab"], cfg["hidden"], device="cuda", generator=gen) * cfg["hidden"] ** -0.5)
+        h = torch.randn(
+            n, cfg["hidden"], device="cuda", dtype=torch.bfloat16, generator=gen, requires_grad=True
+        )
+        w = torch.randn(cfg["vocab"], cfg["hidden"], device="cuda", generator=gen) * cfg["hidden"] ** -0.5
         w = w.bfloat16().requires_grad_(train_head)
         labels = torch.randint(0, cfg["vocab"], (n,), device="cuda", generator=gen)
         labels[: int(n * ignored)] = -100  # a prompt share of the batch, as response-only SFT masks

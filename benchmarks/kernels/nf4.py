@@ -8,8 +8,11 @@ from typing import Any
 import torch
 from _common import ensure_importable, main_for, measure
 
-SHAPES = {"q_proj 4096x4096": (4096, 4096), "gate_proj 14336x4096": (14336, 4096),
-          "down_proj 4096x14336": (4096, 14336)}
+SHAPES = {
+    "q_proj 4096x4096": (4096, 4096),
+    "gate_proj 14336x4096": (14336, 4096),
+    "down_proj 4096x14336": (4096, 14336),
+}
 
 
 def run() -> list[dict[str, Any]]:

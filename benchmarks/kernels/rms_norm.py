@@ -14,7 +14,9 @@ def run() -> list[dict[str, Any]]:
 
     compiled = torch.compile(rms_norm_reference, dynamic=False)
     rows = []
-    cases = [(name, cfg, 0.0) for name, cfg in MODEL_SHAPES.items()] + [("llama-3.1-8b", MODEL_SHAPES["llama-3.1-8b"], 1.0)]
+    cases = [(name, cfg, 0.0) for name, cfg in MODEL_SHAPES.items()] + [
+        ("llama-3.1-8b", MODEL_SHAPES["llama-3.1-8b"], 1.0)
+    ]
     for name, cfg, offset in cases:
         x = torch.randn(BATCH * SEQ, cfg["hidden"], device="cuda", dtype=torch.bfloat16, requires_grad=True)
         w = torch.randn(cfg["hidden"], device="cuda", dtype=torch.bfloat16, requires_grad=True)

@@ -26,8 +26,16 @@ def run() -> list[dict[str, Any]]:
     rows = []
     for name, cfg in MODEL_SHAPES.items():
         d, hq, hk = cfg["head_dim"], cfg["q_heads"], cfg["kv_heads"]
-        q = torch.randn(BATCH, SEQ, hq, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
-        k = torch.randn(BATCH, SEQ, hk, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+        q = (
+            torch.randn(BATCH, SEQ, hq, d, device="cuda", dtype=torch.bfloat16)
+            .transpose(1, 2)
+            .requires_grad_()
+        )
+        k = (
+            torch.randn(BATCH, SEQ, hk, d, device="cuda", dtype=torch.bfloat16)
+            .transpose(1, 2)
+            .requires_grad_()
+        )
         cos, sin = _tables(d)
         providers = {
             "loris": lambda q=q, k=k, c=cos, s=sin: apply_rope_triton(q, k, c, s),

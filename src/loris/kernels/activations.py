@@ -110,7 +110,9 @@ class GatedActivationFunction(torch.autograd.Function):
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Tensor:
         g2, u2 = _rows(gate), _rows(up)
         n_rows, n_cols = g2.shape
-        out = torch.empty((n_rows, n_cols), dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device)
+        out = torch.empty(
+            (n_rows, n_cols), dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device
+        )
         if out.numel() > 0:
             grid = (n_rows, triton.cdiv(n_cols, _BLOCK))
             _gated_fwd_kernel[grid](

@@ -148,7 +148,9 @@ def _fused_linear_ce(
     valid = labels != ignore_index
     n_valid, n_bad = torch.stack([valid.sum(), (valid & ((labels < 0) | (labels >= vocab))).sum()]).tolist()
     if n_bad:
-        raise ValueError(f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}; {n_bad} do not")
+        raise ValueError(
+            f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}; {n_bad} do not"
+        )
     if compact and n_valid < n_rows:  # ignored tokens (prompts, padding) never reach a GEMM
         rows_idx = valid.nonzero().squeeze(1)
         h_src, y_src = hidden.index_select(0, rows_idx), labels.index_select(0, rows_idx)
@@ -158,7 +160,9 @@ def _fused_linear_ce(
     m = h_src.shape[0]
     chunk = chunk_rows or _chunk_rows(m, vocab, n_hidden, hidden.element_size())
     # Chunks made only of ignored tokens (possible without compaction) are skipped outright.
-    counts = valid.cumsum(0)[torch.arange(chunk - 1, m + chunk - 1, chunk, device=labels.device).clamp_max(m - 1)]
+    counts = valid.cumsum(0)[
+        torch.arange(chunk - 1, m + chunk - 1, chunk, device=labels.device).clamp_max(m - 1)
+    ]
     chunk_has_valid = torch.diff(counts, prepend=counts.new_zeros(1)).gt(0).tolist() if m else []
     if rows_idx is not None:
         chunk_has_valid = [True] * len(chunk_has_valid)
@@ -166,7 +170,9 @@ def _fused_linear_ce(
     grad_scale = 1.0 / n_valid if reduction == "mean" and n_valid > 0 else 1.0
     loss_rows = torch.zeros(m, dtype=torch.float32, device=hidden.device)
     grad_h = torch.zeros(m, n_hidden, dtype=hidden.dtype, device=hidden.device) if need_grad_hidden else None
-    grad_w = torch.zeros(vocab, n_hidden, dtype=torch.float32, device=hidden.device) if need_grad_weight else None
+    grad_w = (
+        torch.zeros(vocab, n_hidden, dtype=torch.float32, device=hidden.device) if need_grad_weight else None
+    )
     compute_grad = need_grad_hidden or need_grad_weight
     block, num_warps = _rows_launch(vocab)
     w_t = weight.t()
@@ -176,8 +182,10 @@ def _fused_linear_ce(
         end = min(start + chunk, m)
         h_c = h_src[start:end]
         logits = _gemm_f32(h_c, w_t)  # (rows, V) fp32, the only vocab-sized buffer
-        grad_logits = logits if hidden.dtype == torch.float32 or not compute_grad else torch.empty_like(
-            logits, dtype=hidden.dtype
+        grad_logits = (
+            logits
+            if hidden.dtype == torch.float32 or not compute_grad
+            else torch.empty_like(logits, dtype=hidden.dtype)
         )
         _ce_rows_kernel[(end - start,)](
             logits, grad_logits, y_src[start:end], loss_rows[start:end],

@@ -53,7 +53,9 @@ def _check_nf4(quant_state: Any) -> None:
         raise ValueError(f"dequantize_nf4 handles quant_type 'nf4' only, got {quant_type!r}")
 
 
-def dequantize_nf4_reference(packed: torch.Tensor, quant_state: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+def dequantize_nf4_reference(
+    packed: torch.Tensor, quant_state: Any, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     _check_nf4(quant_state)
     shape = tuple(quant_state.shape)
     n = math.prod(shape)
@@ -80,7 +82,9 @@ if triton is not None:
             scale = scale + tl.load(OFFSET)
         else:
             scale = tl.load(ABSMAX + blk, mask=blk_mask, other=0.0).to(tl.float32)
-        byte = blk[:, None] * (BLOCKSIZE // 2) + tl.arange(0, BLOCKSIZE // 2)[None, :]  # (blocks, bytes per block)
+        byte = (
+            blk[:, None] * (BLOCKSIZE // 2) + tl.arange(0, BLOCKSIZE // 2)[None, :]
+        )  # (blocks, bytes per block)
         n_bytes = (n_out + 1) // 2
         packed = tl.load(PACKED + byte, mask=byte < n_bytes, other=0).to(tl.int32)
         hi = tl.load(CODE + (packed >> 4)) * scale[:, None]
@@ -90,7 +94,9 @@ if triton is not None:
         tl.store(OUT + elem, vals.to(OUT.dtype.element_ty), mask=elem < n_out)
 
 
-def dequantize_nf4_triton(packed: torch.Tensor, quant_state: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+def dequantize_nf4_triton(
+    packed: torch.Tensor, quant_state: Any, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """The Triton path, callable directly (tests run it under ``TRITON_INTERPRET=1`` on CPU)."""
     _check_nf4(quant_state)
     shape = tuple(quant_state.shape)

@@ -163,8 +163,12 @@ class RopeFunction(torch.autograd.Function):
         dk_in = torch.empty_like(dk, dtype=ctx.dtypes[1])
         _launch(dq, dk, cos, sin, dq_in, dk_in, backward=True)
         # An unused output gets no gradient (a zero-head stand-in kept the launch uniform).
-        return (dq_in if ctx.needs_input_grad[0] and dq_in.shape[1] == ctx.heads[0] else None,
-                dk_in if ctx.needs_input_grad[1] and dk_in.shape[1] == ctx.heads[1] else None, None, None)
+        return (
+            dq_in if ctx.needs_input_grad[0] and dq_in.shape[1] == ctx.heads[0] else None,
+            dk_in if ctx.needs_input_grad[1] and dk_in.shape[1] == ctx.heads[1] else None,
+            None,
+            None,
+        )
 
 
 def apply_rope_triton(
