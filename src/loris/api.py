@@ -89,6 +89,8 @@ class FastLanguageModel:
         model.max_seq_length = max_seq_length
         model.tokenizer = tokenizer
         model.name_or_path = str(model_name)
+        model.source_folder = source.folder  # where the original weights are (merged exports reuse them)
+        model.source_gguf_file = source.gguf_file
         if full_finetuning:
             for p in model.parameters():
                 p.requires_grad_(True)

@@ -328,6 +328,47 @@ class LorisForCausalLM(nn.Module):
             tokenizer.save_pretrained(str(out))
         return out
 
+    def save_pretrained_merged(
+        self,
+        save_directory,
+        tokenizer=None,
+        save_method: str = "merged_16bit",
+        push_to_hub: bool = False,
+        token=None,
+        max_shard_size="5GB",
+        **_: object,
+    ):
+        """Unsloth's name: LoRA merged into 16-bit (or NF4-forced) safetensors; see `loris.export.hf`."""
+        if push_to_hub:
+            raise NotImplementedError(
+                "push_to_hub=True is not handled here yet: save locally, then upload the folder with "
+                "huggingface_hub.upload_folder(repo_id=..., folder_path=save_directory, token=...)."
+            )
+        from loris.export.hf import save_merged
+
+        return save_merged(
+            self, save_directory, tokenizer, save_method=save_method, max_shard_size=max_shard_size
+        )
+
+    def save_pretrained_gguf(
+        self,
+        save_directory,
+        tokenizer=None,
+        quantization_method="fast_quantized",
+        first_conversion=None,
+        **_: object,
+    ):
+        """Unsloth's name: GGUF file(s) ``<name>.<QUANT>.gguf`` (+ Modelfile); see `loris.export.gguf`."""
+        from loris.export.gguf import save_gguf
+
+        return save_gguf(
+            self,
+            save_directory,
+            tokenizer if tokenizer is not None else getattr(self, "tokenizer", None),
+            quantization_method=quantization_method,
+            first_conversion=first_conversion,
+        )
+
     def disable_adapter(self):
         """Context manager: run the base model alone (PEFT's name)."""
         from loris.lora import adapters_disabled
