@@ -32,6 +32,14 @@ CASES = [
 _FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
+# Direct kernel-vs-reference closeness where both run in the same dtype (a rounding flip is 1 ulp).
+SAME_DTYPE_TOL = {
+    torch.float32: {"rtol": 1e-5, "atol": 1e-5},
+    torch.bfloat16: {"rtol": 2e-2, "atol": 1e-2},
+    torch.float16: {"rtol": 2e-3, "atol": 1e-3},
+}
+
+
 def forward_backward(
     fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
     inputs: Sequence[torch.Tensor],
@@ -61,7 +69,12 @@ def upcast(ts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def assert_matches(
-    ours: torch.Tensor, ref: torch.Tensor, gold: torch.Tensor, dtype: torch.dtype, what: str, tol: float = 1e-5
+    ours: torch.Tensor,
+    ref: torch.Tensor,
+    gold: torch.Tensor,
+    dtype: torch.dtype,
+    what: str,
+    tol: float = 1e-5,
 ) -> None:
     """fp32: ``ours`` ~= ``ref`` to ``tol``. Half precision: ``ours`` is no further from the fp32
     ``gold`` than twice the reference's own error, plus a small floor."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from kernel_testing import CASES, assert_matches, forward_backward, upcast
+from kernel_testing import CASES, SAME_DTYPE_TOL, assert_matches, forward_backward, upcast
 
 from loris.kernels.activations import (
     geglu_tanh_reference,
@@ -36,7 +36,9 @@ def _check(device: str, dtype: torch.dtype, op: str, gate: torch.Tensor, up: tor
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("shape", [(3, 5, 37), (2, 2100), (1, 1)])
-def test_gated_activation_matches_reference(device: str, dtype: torch.dtype, op: str, shape: tuple[int, ...]) -> None:
+def test_gated_activation_matches_reference(
+    device: str, dtype: torch.dtype, op: str, shape: tuple[int, ...]
+) -> None:
     gen = torch.Generator().manual_seed(len(shape) * 100 + shape[-1])
     gate = (torch.randn(shape, generator=gen) * 4).to(device, dtype)  # reaches both tanh/sigmoid tails
     up = torch.randn(shape, generator=gen).to(device, dtype)
@@ -51,7 +53,7 @@ def test_gated_activation_on_fused_projection_halves(device: str, dtype: torch.d
     gate, up = fused[..., :45], fused[..., 45:]
     _check(device, dtype, op, gate.detach().clone(), up.detach().clone())
     y = OPS[op][0](gate, up)
-    torch.testing.assert_close(y, OPS[op][1](gate, up), **({"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}))
+    torch.testing.assert_close(y, OPS[op][1](gate, up), **SAME_DTYPE_TOL[dtype])
 
 
 @triton.jit
@@ -64,8 +66,14 @@ def _tanh_probe(X, Y, n, BLOCK: tl.constexpr):
 @pytest.mark.parametrize("device,dtype", CASES[:2])
 def test_tanh_f32_is_accurate_across_its_range(device: str, dtype: torch.dtype) -> None:
     """Relative accuracy near 0 (the series branch), at the 1/4 switch and in saturation."""
-    x = torch.cat([torch.linspace(-30, 30, 2001), torch.logspace(-8, 0, 200), -torch.logspace(-8, 0, 200),
-                   torch.tensor([0.0, 0.2499999, 0.25, 0.2500001])]).to(device)
+    x = torch.cat(
+        [
+            torch.linspace(-30, 30, 2001),
+            torch.logspace(-8, 0, 200),
+            -torch.logspace(-8, 0, 200),
+            torch.tensor([0.0, 0.2499999, 0.25, 0.2500001]),
+        ]
+    ).to(device)
     y = torch.empty_like(x)
     _tanh_probe[(triton.cdiv(x.numel(), 512),)](x, y, x.numel(), BLOCK=512)
     expected = torch.tanh(x.double())

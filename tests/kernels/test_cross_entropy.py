@@ -16,8 +16,18 @@ from loris.kernels.cross_entropy import (
 )
 
 
-def _problem(device: str, dtype: torch.dtype, n: int, h: int, v: int, *, seed: int, ignore_first: int = 0,
-             ignore_frac: float = 0.3, scale: float = 1.0):
+def _problem(
+    device: str,
+    dtype: torch.dtype,
+    n: int,
+    h: int,
+    v: int,
+    *,
+    seed: int,
+    ignore_first: int = 0,
+    ignore_frac: float = 0.3,
+    scale: float = 1.0,
+):
     gen = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, h, generator=gen).to(device, dtype)
     weight = (torch.randn(v, h, generator=gen) * scale / math.sqrt(h)).to(device, dtype)
@@ -27,8 +37,18 @@ def _problem(device: str, dtype: torch.dtype, n: int, h: int, v: int, *, seed: i
     return hidden, weight, labels.to(device)
 
 
-def _check(device: str, dtype: torch.dtype, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-           *, grads: tuple[bool, bool] = (True, True), seed: int = 7, tol: float = 1e-5, **kwargs: object) -> None:
+def _check(
+    device: str,
+    dtype: torch.dtype,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    grads: tuple[bool, bool] = (True, True),
+    seed: int = 7,
+    tol: float = 1e-5,
+    **kwargs: object,
+) -> None:
     ref_kwargs = {k: v for k, v in kwargs.items() if k in ("softcap", "reduction", "ignore_index")}
     hidden = hidden.requires_grad_(grads[0])
     weight = weight.requires_grad_(grads[1])
@@ -43,8 +63,10 @@ def _check(device: str, dtype: torch.dtype, hidden: torch.Tensor, weight: torch.
     (loss_ref,), (dh_ref, dw_ref) = forward_backward(ref, [hidden, weight], seed=seed)
     (loss_gold,), (dh_gold, dw_gold) = forward_backward(ref, upcast([hidden, weight]), seed=seed)
     assert_matches(loss, loss_ref, loss_gold, dtype, "loss", tol)
-    for name, ours, r, g, wanted in (("grad hidden", dh, dh_ref, dh_gold, grads[0]),
-                                     ("grad weight", dw, dw_ref, dw_gold, grads[1])):
+    for name, ours, r, g, wanted in (
+        ("grad hidden", dh, dh_ref, dh_gold, grads[0]),
+        ("grad weight", dw, dw_ref, dw_gold, grads[1]),
+    ):
         if wanted:
             assert_matches(ours, r, g, dtype, name, tol)
         else:
@@ -55,17 +77,29 @@ def _check(device: str, dtype: torch.dtype, hidden: torch.Tensor, weight: torch.
 @pytest.mark.parametrize("softcap", [None, 4.0])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("compact", [True, False], ids=["compact", "masked"])
-def test_linear_ce_chunks_ignore_softcap(device: str, dtype: torch.dtype, softcap: float | None, reduction: str,
-                                         compact: bool) -> None:
+def test_linear_ce_chunks_ignore_softcap(
+    device: str, dtype: torch.dtype, softcap: float | None, reduction: str, compact: bool
+) -> None:
     """5 chunks of 8 rows, the first all ignored; V=203 is a single partial vocabulary block."""
     hidden, weight, labels = _problem(device, dtype, 37, 24, 203, seed=1, ignore_first=8, scale=8.0)
-    _check(device, dtype, hidden, weight, labels, softcap=softcap, reduction=reduction, chunk_rows=8,
-           compact=compact)
+    _check(
+        device,
+        dtype,
+        hidden,
+        weight,
+        labels,
+        softcap=softcap,
+        reduction=reduction,
+        chunk_rows=8,
+        compact=compact,
+    )
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("softcap", [None, 30.0])
-def test_linear_ce_multi_block_vocab_default_chunking(device: str, dtype: torch.dtype, softcap: float | None) -> None:
+def test_linear_ce_multi_block_vocab_default_chunking(
+    device: str, dtype: torch.dtype, softcap: float | None
+) -> None:
     """V=5003 spans two 4096-wide vocabulary blocks (the online max/sum-exp crosses a block edge)."""
     hidden, weight, labels = _problem(device, dtype, 19, 40, 5003, seed=2, scale=20.0)
     _check(device, dtype, hidden, weight, labels, softcap=softcap)

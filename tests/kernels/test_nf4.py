@@ -11,7 +11,10 @@ from loris.kernels.nf4 import dequantize_nf4_reference, dequantize_nf4_triton
 bnb_functional = pytest.importorskip("bitsandbytes.functional")
 
 _interp = pytest.mark.skipif(not interpreted(), reason="CPU cases need TRITON_INTERPRET=1")
-DEVICES = [pytest.param("cpu", id="cpu-interpret", marks=_interp), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+DEVICES = [
+    pytest.param("cpu", id="cpu-interpret", marks=_interp),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
+]
 # Shapes: odd element count (a padded last nibble and a short last block), > 256 blocks (two nested
 # scale groups, the second partial), 1-D, and one exactly 64 wide.
 SHAPES = [(37, 129), (129, 131), (1001,), (3, 64)]
@@ -30,8 +33,9 @@ def _quantize(shape: tuple[int, ...], device: str, src_dtype: torch.dtype, neste
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "fp32-absmax"])
-def test_dequantize_nf4_matches_bitsandbytes(device: str, dtype: torch.dtype, shape: tuple[int, ...],
-                                             nested: bool) -> None:
+def test_dequantize_nf4_matches_bitsandbytes(
+    device: str, dtype: torch.dtype, shape: tuple[int, ...], nested: bool
+) -> None:
     packed, state = _quantize(shape, device, dtype, nested)
     assert state.nested == nested
     expected = bnb_functional.dequantize_4bit(packed, state)
@@ -39,7 +43,9 @@ def test_dequantize_nf4_matches_bitsandbytes(device: str, dtype: torch.dtype, sh
     for fn in (dequantize_nf4_triton, dequantize_nf4_reference):
         out = fn(packed, state, dtype)
         assert out.dtype == dtype and out.shape == shape
-        torch.testing.assert_close(out, expected, rtol=TOL[dtype], atol=0, msg=lambda m, f=fn: f"{f.__name__}: {m}")
+        torch.testing.assert_close(
+            out, expected, rtol=TOL[dtype], atol=0, msg=lambda m, f=fn: f"{f.__name__}: {m}"
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -48,7 +54,9 @@ def test_dequantize_nf4_to_another_dtype(device: str) -> None:
     packed, state = _quantize((33, 70), device, torch.bfloat16, nested=True)
     ours = dequantize_nf4_triton(packed, state, torch.float32)
     torch.testing.assert_close(ours.bfloat16(), bnb_functional.dequantize_4bit(packed, state), rtol=0, atol=0)
-    torch.testing.assert_close(ours, dequantize_nf4_reference(packed, state, torch.float32), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        ours, dequantize_nf4_reference(packed, state, torch.float32), rtol=1e-6, atol=0
+    )
     assert dequantize_nf4_triton(packed, state).dtype == torch.bfloat16  # default: the quantized dtype
 
 

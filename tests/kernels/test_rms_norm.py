@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import CASES, assert_matches, forward_backward, interpreted, upcast
+from kernel_testing import CASES, SAME_DTYPE_TOL, assert_matches, forward_backward, interpreted, upcast
 
 from loris.kernels import rms_norm as rms_mod
 from loris.kernels.rms_norm import rms_norm_reference, rms_norm_triton
@@ -27,10 +27,11 @@ def _check(device: str, dtype: torch.dtype, shape: tuple[int, ...], offset: floa
     w = (torch.randn(hidden, generator=gen) * 0.2 + (0.0 if offset else 1.0)).to(device, dtype)
     w.requires_grad_(weight_grad)
     eps = 1e-6
-    (y, ), (dx, dw) = forward_backward(rms_norm_triton, [x, w], seed=1, eps=eps, offset=offset)
-    (y_ref, ), (dx_ref, dw_ref) = forward_backward(rms_norm_reference, [x, w], seed=1, eps=eps, offset=offset)
-    (y_gold, ), (dx_gold, dw_gold) = forward_backward(rms_norm_reference, upcast([x, w]), seed=1, eps=eps,
-                                                      offset=offset)
+    (y,), (dx, dw) = forward_backward(rms_norm_triton, [x, w], seed=1, eps=eps, offset=offset)
+    (y_ref,), (dx_ref, dw_ref) = forward_backward(rms_norm_reference, [x, w], seed=1, eps=eps, offset=offset)
+    (y_gold,), (dx_gold, dw_gold) = forward_backward(
+        rms_norm_reference, upcast([x, w]), seed=1, eps=eps, offset=offset
+    )
     assert_matches(y, y_ref, y_gold, dtype, "y")
     assert_matches(dx, dx_ref, dx_gold, dtype, "grad x")
     if weight_grad:
@@ -42,7 +43,9 @@ def _check(device: str, dtype: torch.dtype, shape: tuple[int, ...], offset: floa
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("offset", [0.0, 1.0])
 @pytest.mark.parametrize("shape", [(2, 3, 37), (5, 130), (1, 1, 1), (3, 1000)])
-def test_rms_norm_matches_reference(device: str, dtype: torch.dtype, shape: tuple[int, ...], offset: float) -> None:
+def test_rms_norm_matches_reference(
+    device: str, dtype: torch.dtype, shape: tuple[int, ...], offset: float
+) -> None:
     _check(device, dtype, shape, offset, weight_grad=True)
 
 
@@ -59,8 +62,9 @@ def test_rms_norm_strided_input(device: str, dtype: torch.dtype) -> None:
     base = torch.randn(6, 2, 48).to(device, dtype)
     x = base[:, 0, :]  # row stride 96
     w = torch.randn(48).to(device, dtype)
-    torch.testing.assert_close(rms_norm_triton(x, w, 1e-5), rms_norm_reference(x, w, 1e-5),
-                               **({} if dtype != torch.float32 else {"rtol": 1e-5, "atol": 1e-5}))
+    torch.testing.assert_close(
+        rms_norm_triton(x, w, 1e-5), rms_norm_reference(x, w, 1e-5), **SAME_DTYPE_TOL[dtype]
+    )
 
 
 @pytest.mark.gpu

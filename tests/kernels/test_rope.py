@@ -22,10 +22,15 @@ def _tables(batch: int, seq: int, rot: int, *, generic: bool, seed: int) -> tupl
     return emb.cos(), emb.sin()
 
 
-def _check(device: str, dtype: torch.dtype, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-           sin: torch.Tensor) -> None:
-    inputs = [q.to(device, dtype).requires_grad_(), k.to(device, dtype).requires_grad_(),
-              cos.to(device, dtype), sin.to(device, dtype)]
+def _check(
+    device: str, dtype: torch.dtype, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> None:
+    inputs = [
+        q.to(device, dtype).requires_grad_(),
+        k.to(device, dtype).requires_grad_(),
+        cos.to(device, dtype),
+        sin.to(device, dtype),
+    ]
     (qo, ko), (dq, dk, _, _) = forward_backward(apply_rope_triton, inputs, seed=5)
     (qr, kr), (dqr, dkr, _, _) = forward_backward(apply_rope_reference, inputs, seed=5)
     (qg, kg), (dqg, dkg, _, _) = forward_backward(apply_rope_reference, upcast(inputs), seed=5)
@@ -42,8 +47,9 @@ def _check(device: str, dtype: torch.dtype, q: torch.Tensor, k: torch.Tensor, co
     ids=["full", "partial", "partial-quarter", "single-pos"],
 )
 @pytest.mark.parametrize("generic", [False, True], ids=["rotary", "generic-tables"])
-def test_rope_matches_reference(device: str, dtype: torch.dtype, batch: int, hq: int, hk: int, seq: int,
-                                dim: int, rot: int, generic: bool) -> None:
+def test_rope_matches_reference(
+    device: str, dtype: torch.dtype, batch: int, hq: int, hk: int, seq: int, dim: int, rot: int, generic: bool
+) -> None:
     gen = torch.Generator().manual_seed(batch * 1000 + dim)
     q = torch.randn(batch, hq, seq, dim, generator=gen)
     k = torch.randn(batch, hk, seq, dim, generator=gen)
@@ -58,7 +64,9 @@ def test_rope_projection_layout_and_shared_tables(device: str, dtype: torch.dtyp
     k = torch.randn(2, 6, 2, 12).transpose(1, 2)
     cos, sin = _tables(1, 6, 12, generic=False, seed=9)
     _check(device, dtype, q, k, cos, sin)
-    qo, _ = apply_rope_triton(q.to(device, dtype), k.to(device, dtype), cos.to(device, dtype), sin.to(device, dtype))
+    qo, _ = apply_rope_triton(
+        q.to(device, dtype), k.to(device, dtype), cos.to(device, dtype), sin.to(device, dtype)
+    )
     assert qo.stride() == q.stride()  # the output keeps the input's layout
 
 

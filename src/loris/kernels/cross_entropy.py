@@ -66,13 +66,13 @@ if triton is not None:
         label = tl.load(LABELS + row).to(tl.int64)
         ignored = label == ignore_index
         # pass 1: running max and sum of exp(z - max), one block of the vocabulary at a time
-        m = -float("inf")
+        m = float("-inf")
         d = 0.0
         for start in range(0, n_cols, BLOCK):
             c = start + cols
             mask = c < n_cols
             z = _softcapped(tl.load(z_row + c, mask=mask, other=0.0), softcap, HAS_SOFTCAP)
-            z = tl.where(mask, z, -float("inf"))
+            z = tl.where(mask, z, float("-inf"))
             m_new = tl.maximum(m, tl.max(z, axis=0))
             d = d * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
             m = m_new
