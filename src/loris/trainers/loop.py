@@ -168,7 +168,7 @@ class Trainer:
         bs = self.args.per_device_train_batch_size
         order = epoch_order(len(self.train_dataset), self._data_seed, epoch)
         batches = [order[i * bs : (i + 1) * bs] for i in range(start_batch, self.num_train_batches())]
-        return self._loader(self.train_dataset, batches)
+        return self._loader(self.train_dataset, batches, epoch)
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Iterable[dict[str, Any]]:
         data = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -392,14 +392,17 @@ class Trainer:
                 return out, True
         return out, False
 
-    def _loader(self, data: Any, batches: list[list[int]]) -> Iterable[dict[str, Any]]:
+    def _loader(self, data: Any, batches: list[list[int]], epoch: int = 0) -> Iterable[dict[str, Any]]:
         if self.data_collator is None:
             raise ValueError("The trainer has no data_collator to turn rows into tensors.")
+        # Its own generator: starting a DataLoader then draws no number from the global torch RNG
+        # (which a resumed run would otherwise do at a different point), and worker seeds repeat.
         return torch.utils.data.DataLoader(
             data,
             batch_sampler=batches,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(self._data_seed + epoch),
         )
 
     # ---------------------------------------------------------------------------------------- evaluation
