@@ -19,7 +19,9 @@ DEVICES = [
 # scale groups, the second partial), 1-D, and one exactly 64 wide.
 SHAPES = [(37, 129), (129, 131), (1001,), (3, 64)]
 # The kernel and bitsandbytes round identical fp32 products, but a GPU may contract the nested
-# ``code2 * scale2 + offset`` into one FMA: allow a couple of ulps of the output dtype.
+# ``code2 * scale2 + offset`` into one FMA: allow a couple of ulps of the output dtype, plus a tiny
+# absolute slack for blocks whose scale nearly cancels the offset (the FMA's difference is an ulp of
+# the offset, not of the small result).
 TOL = {torch.float32: 1e-6, torch.bfloat16: 2**-7, torch.float16: 2**-10}
 
 
@@ -44,7 +46,11 @@ def test_dequantize_nf4_matches_bitsandbytes(
         out = fn(packed, state, dtype)
         assert out.dtype == dtype and out.shape == shape
         torch.testing.assert_close(
-            out, expected, rtol=TOL[dtype], atol=0, msg=lambda m, f=fn: f"{f.__name__}: {m}"
+            out,
+            expected,
+            rtol=TOL[dtype],
+            atol=1e-6 * expected.abs().max().item(),
+            msg=lambda m, f=fn: f"{f.__name__}: {m}",
         )
 
 
