@@ -89,14 +89,25 @@ def _render_chat(tokenizer: Any, messages: Any, column: str) -> str:
 
 
 def _formatted(formatting_func: Callable, row: dict) -> str:
-    """``formatting_func`` of one row; old TRL-style batched functions (returning a list) are run on a
-    batch of one instead."""
-    out = formatting_func(row)
-    if isinstance(out, str):
-        return out
-    out = formatting_func({k: [v] for k, v in row.items()})
+    """``formatting_func`` of one row; old TRL-style batched functions (a batch of columns in, a list of
+    strings out) are run on a batch of one instead."""
+    error: Exception | None = None
+    try:
+        out = formatting_func(row)
+        if isinstance(out, str):
+            return out
+    except Exception as exc:  # e.g. a batched function zipping the characters of two strings
+        error = exc
+    try:
+        out = formatting_func({k: [v] for k, v in row.items()})
+    except Exception:
+        if error is not None:
+            raise error from None
+        raise
     if isinstance(out, list) and len(out) == 1 and isinstance(out[0], str):
         return out[0]
+    if error is not None:
+        raise error
     raise TypeError(
         "formatting_func must return a string for one row (or, TRL's old style, a list of strings for "
         f"a batch); it returned {type(out).__name__}."
