@@ -1,0 +1,363 @@
+"""Our own Hugging Face → GGUF converter, on the `gguf` package (no llama.cpp build needed).
+
+One conversion serves every requested quantization: the merged model is planned once
+(`loris.export.merged_tensors`), each tensor is computed once, renamed to llama.cpp's names,
+transformed the way llama.cpp's loaders expect (Q/K rows interleaved for Llama-style RoPE, Gemma's
+norm weights stored as ``1 + w``) and then encoded for each method with `loris.export.gguf_quants`
+(llama.cpp's per-tensor type mix) and streamed into that method's file. Every file is written under
+a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from loris.export.atomic import temp_file_for
+from loris.export.merged_tensors import PlannedTensor, merged_plan_for_export
+from loris.models.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+Q = gguf.GGMLQuantizationType
+
+# loris model_type → (GGUF architecture, Q/K rows permuted for llama.cpp's RoPE, norms stored as 1 + w)
+ARCHITECTURES: dict[str, tuple[gguf.MODEL_ARCH, bool, bool]] = {
+    "llama": (gguf.MODEL_ARCH.LLAMA, True, False),
+    "mistral": (gguf.MODEL_ARCH.LLAMA, True, False),
+    "qwen2": (gguf.MODEL_ARCH.QWEN2, False, False),
+    "qwen3": (gguf.MODEL_ARCH.QWEN3, False, False),
+    "gemma2": (gguf.MODEL_ARCH.GEMMA2, False, True),
+    "gemma3_text": (gguf.MODEL_ARCH.GEMMA3, False, True),
+    "phi3": (gguf.MODEL_ARCH.PHI3, False, False),
+}
+
+
+@dataclass
+class GGUFTensor:
+    """One tensor of the output files: llama.cpp name, torch-order shape, and its fp32 values."""
+
+    name: str
+    shape: tuple[int, ...]
+    compute: Callable[[], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------- quant hooks
+
+
+def _quants():
+    from loris.export import gguf_quants
+
+    return gguf_quants
+
+
+def resolve_methods(methods: str | Sequence[str] | None, dtype: torch.dtype) -> list[str]:
+    return _quants().resolve_quantization_methods(methods, dtype)
+
+
+def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+    return rows * (shape[-1] // block) * type_size
+
+
+# ---------------------------------------------------------------------------------- tensors
+
+
+def permute_for_llama_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF's rotate-half row order → llama.cpp's interleaved pairs (per head)."""
+    from loris.models.gguf_import import permute_qk
+
+    return permute_qk(w, n_heads)
+
+
+def gguf_tensors(model, plan: list[PlannedTensor]) -> list[GGUFTensor]:
+    """The plan renamed to llama.cpp's tensor names, with the per-architecture transforms attached."""
+    cfg: ModelConfig = model.config
+    arch, permute, plus_one = ARCHITECTURES[cfg.model_type]
+    names = gguf.TensorNameMap(arch, cfg.num_layers)
+    out = [*_rope_tensors(cfg)]
+    for t in plan:
+        name = names.get_name(t.name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ValueError(f"no GGUF name for tensor {t.name!r} of a {cfg.model_type} model")
+        compute = t.compute
+        if permute and t.name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias")):
+            heads = cfg.num_heads if ".q_proj." in t.name else cfg.num_kv_heads
+            compute = lambda c=compute, h=heads: permute_for_llama_rope(c(), h)  # noqa: E731
+        elif plus_one and t.name.endswith("norm.weight"):
+            compute = lambda c=compute: c() + 1.0  # noqa: E731
+        out.append(GGUFTensor(name, tuple(t.shape), compute))
+    return out
+
+
+def _rope_tensors(cfg: ModelConfig) -> list[GGUFTensor]:
+    """llama.cpp's per-frequency RoPE factors: Llama 3.1's band smoothing, Phi-3's LongRoPE lists."""
+    rope = cfg.rope
+    dim = rope.rotary_dim or cfg.head_dim
+    if rope.rope_type == "llama3":
+        from loris.models.rope import _base_inv_freq, _llama3
+
+        base = _base_inv_freq(rope.theta, dim)
+        factors = (base / _llama3(base, rope)).float()
+        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        return [GGUFTensor(name, tuple(factors.shape), lambda f=factors: f)]
+    if rope.rope_type == "longrope" and rope.long_factor and rope.short_factor:
+        out = []
+        for kind, values in (
+            (gguf.MODEL_TENSOR.ROPE_FACTORS_LONG, rope.long_factor),
+            (gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT, rope.short_factor),
+        ):
+            t = torch.tensor(values, dtype=torch.float32)
+            if t.numel() != dim // 2:
+                raise ValueError(f"LongRoPE factor list has {t.numel()} entries, expected {dim // 2}")
+            out.append(GGUFTensor(gguf.TENSOR_NAMES[kind] + ".weight", tuple(t.shape), lambda t=t: t))
+        return out
+    return []
+
+
+# ---------------------------------------------------------------------------------- metadata
+
+
+def write_arch_metadata(writer: gguf.GGUFWriter, cfg: ModelConfig, warn: Callable[[str], None]) -> None:
+    """Hyper-parameters llama.cpp reads for this architecture."""
+    t = cfg.model_type
+    head_dim = cfg.head_dim
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_heads)
+    writer.add_head_count_kv(cfg.num_kv_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(cfg.rope.theta)
+    writer.add_vocab_size(cfg.vocab_size)
+    if head_dim != cfg.hidden_size // cfg.num_heads or t in ("qwen3", "gemma2", "gemma3_text"):
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if t in ("llama", "mistral", "phi3", "qwen2", "qwen3"):
+        writer.add_rope_dimension_count(cfg.rope.rotary_dim or head_dim)
+    _write_rope_scaling(writer, cfg, warn)
+    if t in ("gemma2", "gemma3_text"):
+        if cfg.sliding_window:
+            writer.add_sliding_window(cfg.sliding_window)
+        if cfg.attn_logit_softcap is not None:
+            writer.add_attn_logit_softcapping(cfg.attn_logit_softcap)
+        if cfg.final_logit_softcap is not None:
+            writer.add_final_logit_softcapping(cfg.final_logit_softcap)
+        scalar = cfg.hf_config.get("query_pre_attn_scalar")
+        if scalar not in (None, head_dim, cfg.hidden_size // cfg.num_heads):
+            warn(
+                f"query_pre_attn_scalar={scalar} has no GGUF field: llama.cpp scales attention by "
+                f"1/sqrt(head_dim={head_dim}) (or hidden/heads for 27B models)"
+            )
+        if t == "gemma3_text":
+            if cfg.rope_local is not None:
+                writer.add_rope_freq_base_swa(cfg.rope_local.theta)
+            writer.add_sliding_window_pattern([lt == "sliding_attention" for lt in cfg.layer_types])
+    elif t == "phi3":
+        if cfg.sliding_window:
+            writer.add_sliding_window(cfg.sliding_window)
+    elif cfg.sliding_window and any(cfg.is_sliding(i) for i in range(cfg.num_layers)):
+        warn(
+            f"sliding-window attention ({cfg.sliding_window}) is not represented for {t} in GGUF; runtimes use full attention"
+        )
+
+
+def _write_rope_scaling(writer: gguf.GGUFWriter, cfg: ModelConfig, warn: Callable[[str], None]) -> None:
+    rope = cfg.rope
+    kind = rope.rope_type
+    if kind in ("default", None):
+        return
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope.factor)
+    elif kind == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(rope.factor)
+        if rope.original_max_position_embeddings:
+            writer.add_rope_scaling_orig_ctx_len(rope.original_max_position_embeddings)
+    elif kind == "llama3":
+        pass  # carried by the rope_freqs tensor, as llama.cpp's converter writes it
+    elif kind == "longrope":
+        original = rope.original_max_position_embeddings or cfg.max_position_embeddings
+        writer.add_rope_scaling_orig_ctx_len(original)
+        scale = cfg.max_position_embeddings / original
+        factor = rope.attention_factor
+        if factor is None:
+            factor = 1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(original))
+        writer.add_rope_scaling_attn_factors(factor)
+    else:
+        warn(f"rope scaling {kind!r} has no GGUF equivalent; the file uses plain RoPE")
+
+
+def _first(v):
+    return v[0] if isinstance(v, (list, tuple)) and v else v
+
+
+def _model_name(model) -> str:
+    name = str(getattr(model, "name_or_path", "") or "").rstrip("/")
+    return Path(name).name or "model" if name else "model"
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+@dataclass
+class _Output:
+    method: str
+    path: Path
+    tmp: Path
+    writer: gguf.GGUFWriter
+    types: list[Q]
+
+
+def _new_writer(model, cfg, arch, method, tok_meta, tensors, warn) -> tuple[gguf.GGUFWriter, list[Q]]:
+    q = _quants()
+    writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_name(_model_name(model))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_file_type(int(q.file_type_for(method)))
+    write_arch_metadata(writer, cfg, warn)
+    if tok_meta is not None:
+        tok_meta.write(writer)
+    else:  # no vocabulary, but keep the config's special ids (readers build their configs from them)
+        for tid, add in (
+            (cfg.bos_token_id, writer.add_bos_token_id),
+            (_first(cfg.eos_token_id), writer.add_eos_token_id),
+            (cfg.pad_token_id, writer.add_pad_token_id),
+        ):
+            if tid is not None:
+                add(int(tid))
+    mixer = q.TypeMixer(
+        method,
+        n_layers=cfg.num_layers,
+        n_head=cfg.num_heads,
+        n_head_kv=cfg.num_kv_heads,
+        tied_embeddings=not any(t.name == "output.weight" for t in tensors),
+        arch=gguf.MODEL_ARCH_NAMES[arch],
+    )
+    types = []
+    for t in tensors:
+        qtype = Q.F32 if t.name.startswith("rope_") else mixer.type_for(t.name, t.shape)
+        types.append(qtype)
+        writer.add_tensor_info(
+            t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, qtype), raw_dtype=qtype
+        )
+    return writer, types
+
+
+def convert_to_gguf(
+    model,
+    outputs: dict[str, Path],
+    tokenizer: Any = None,
+) -> list[Path]:
+    """Write one GGUF per ``method → path`` from a single pass over the merged model's tensors."""
+    cfg: ModelConfig = model.config
+    if cfg.model_type not in ARCHITECTURES:
+        raise ValueError(f"GGUF export does not support model_type={cfg.model_type!r}")
+    arch = ARCHITECTURES[cfg.model_type][0]
+    warnings_seen: list[str] = []
+
+    def warn(msg: str) -> None:
+        if msg not in warnings_seen:
+            warnings_seen.append(msg)
+            logger.warning(msg)
+
+    tok_meta = None
+    if tokenizer is not None:
+        from loris.export.gguf_tokenizer import tokenizer_metadata
+
+        tok_meta = tokenizer_metadata(tokenizer, cfg.vocab_size, getattr(model, "source_gguf_file", None))
+    else:
+        warn("no tokenizer given: the GGUF has no vocabulary and runtimes cannot use it for text")
+    plan, source = merged_plan_for_export(model)
+    logger.info("loris: merging LoRA into %s", source)
+    print(f"loris: merging LoRA into {source}")
+    tensors = gguf_tensors(model, plan)
+    outs: list[_Output] = []
+    try:
+        for method, path in outputs.items():
+            writer, types = _new_writer(model, cfg, arch, method, tok_meta, tensors, warn)
+            tmp = temp_file_for(path)
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            outs.append(_Output(method, path, tmp, writer, types))
+        q = _quants()
+        for i, t in enumerate(tensors):
+            values = t.compute()
+            if tuple(values.shape) != t.shape:
+                raise RuntimeError(f"{t.name}: computed shape {tuple(values.shape)} != planned {t.shape}")
+            for o in outs:
+                o.writer.write_tensor_data(q.quantize(values, o.types[i]))
+            del values
+        for o in outs:
+            o.writer.close()
+            os.replace(o.tmp, o.path)
+    finally:
+        for o in outs:
+            if o.tmp.exists():
+                o.writer.close()
+                o.tmp.unlink()
+    return [o.path for o in outs]
+
+
+def gguf_filename(name: str, method: str) -> str:
+    return f"{name}.{method.upper()}.gguf"
+
+
+def save_gguf(
+    model,
+    save_directory: str | Path,
+    tokenizer: Any = None,
+    quantization_method: str | Sequence[str] | None = "fast_quantized",
+    first_conversion: str | None = None,
+    name: str = "model",
+) -> list[Path]:
+    """Write ``<save_directory>/<name>.<QUANT>.gguf`` per method, plus an Ollama ``Modelfile`` when possible.
+
+    ``first_conversion`` (Unsloth's intermediate 16-bit file) is not needed: every method is encoded
+    straight from the merged 16-bit tensors.
+    """
+    if first_conversion is not None:
+        logger.info(
+            "first_conversion=%r ignored: loris quantizes straight from the merged tensors", first_conversion
+        )
+    methods = resolve_methods(quantization_method, model.dtype)
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = {m: folder / gguf_filename(name, m) for m in methods}
+    paths = convert_to_gguf(model, outputs, tokenizer)
+    _write_modelfile(folder, tokenizer, paths[0].name)
+    return paths
+
+
+def _write_modelfile(folder: Path, tokenizer: Any, gguf_name: str) -> None:
+    """Modelfile through `loris.export.ollama` when it offers one; skipped (with a note) otherwise."""
+    try:
+        from loris.export import ollama
+    except ImportError:
+        print("loris: skipping the Ollama Modelfile (loris.export.ollama is not available)")
+        return
+    make = getattr(ollama, "modelfile_for", None)
+    if make is None or tokenizer is None:
+        print("loris: skipping the Ollama Modelfile (no tokenizer or no Modelfile builder)")
+        return
+    try:
+        text = make(tokenizer, gguf_name)
+    except Exception as e:  # a Modelfile is a convenience: never fail the export for it
+        print(f"loris: skipping the Ollama Modelfile ({type(e).__name__}: {e})")
+        return
+    tmp = temp_file_for(folder / "Modelfile")
+    tmp.write_text(text)
+    os.replace(tmp, folder / "Modelfile")
