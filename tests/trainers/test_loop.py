@@ -295,3 +295,53 @@ def test_evaluate_is_the_token_weighted_mean(load_tiny, tmp_path):
         ids, mask = pad_batch(eval_rows)
         want = summed_token_loss(model, ids, mask).item() / sum(len(r["input_ids"]) - 1 for r in eval_rows)
     assert got == pytest.approx(want, rel=1e-5)
+
+
+# ------------------------------------------------------------------ epochs, strategies, logs, fallbacks
+def test_epochs_eval_and_save_strategies_and_log_file(load_tiny, tmp_path):
+    model, tok = load_tiny()
+    rows = token_rows([3, 5, 4, 6, 2])  # 3 micro-batches of 2 -> steps of 2 + 1 micro-batches per epoch
+    cfg = config(
+        tmp_path,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        num_train_epochs=1.5,  # ceil(1.5 * 2) = 3 steps
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="epoch",
+        optim="sgd",
+    )
+    out = SFTTrainer(model, cfg, train_dataset=rows, eval_dataset=rows[:2], processing_class=tok).train()
+    assert out.global_step == 3 and out.metrics["epoch"] == pytest.approx(1 + 2 / 3)
+    assert set(out.metrics) >= {"train_runtime", "train_samples_per_second", "train_loss"}
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    train_lines = [entry for entry in lines if "loss" in entry]
+    assert [entry["step"] for entry in train_lines] == [1, 2, 3]
+    assert set(train_lines[0]) >= {"loss", "grad_norm", "learning_rate", "epoch", "tokens_per_second", "step"}
+    assert [entry["step"] for entry in lines if "eval_loss" in entry] == [2]
+    assert out.training_loss == pytest.approx(sum(e["loss"] for e in train_lines) / 3)
+    # an epoch ends at step 2; the last step (3) is always saved
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_eight_bit_optimizer_falls_back_on_cpu_with_a_warning(load_tiny):
+    from loris.trainers.optim import build_optimizer
+
+    model, _ = load_tiny()
+    with pytest.warns(UserWarning, match="falling back to adamw_torch"):
+        opt = build_optimizer(model, SFTConfig(optim="adamw_8bit", learning_rate=1e-3))
+    assert type(opt) is torch.optim.AdamW
+    assert type(build_optimizer(model, SFTConfig(optim="sgd"))) is torch.optim.SGD
+
+
+def test_training_twice_starts_a_fresh_schedule(load_tiny, tmp_path):
+    model, tok = load_tiny()
+    cfg = config(tmp_path, per_device_train_batch_size=2, max_steps=2, warmup_steps=1, learning_rate=1e-3)
+    rec = Record()
+    trainer = SFTTrainer(
+        model, cfg, train_dataset=token_rows([3, 4, 5, 6]), processing_class=tok, callbacks=[rec]
+    )
+    trainer.train()
+    first = [rec.steps[s]["learning_rate"] for s in (1, 2)]
+    trainer.train()
+    assert [rec.steps[s]["learning_rate"] for s in (1, 2)] == first == [0.0, 1e-3]

@@ -142,6 +142,7 @@ class Trainer:
         for cb in callbacks or ():
             self.add_callback(cb)
         self.optimizer, self.lr_scheduler = optimizers
+        self._given_optimizers = optimizers  # the user's are kept; ours are rebuilt by each train()
         self.state = TrainerState()
         self._warned: set[str] = set()
 
@@ -214,6 +215,7 @@ class Trainer:
         max_steps = (
             args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         )
+        self.optimizer, self.lr_scheduler = self._given_optimizers
         if self.optimizer is None:
             self.optimizer = build_optimizer(model, args)
         if self.lr_scheduler is None:

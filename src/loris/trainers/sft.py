@@ -43,7 +43,11 @@ class SFTConfig(TrainingConfig):
     prompt/completion datasets; ``assistant_only_loss`` is accepted but response-only masking is done
     by ``loris.chat_templates.train_on_responses_only(trainer)``. ``padding_free`` is accepted and
     trains exactly as padded batches do (per-document attention is not implemented yet, and padding
-    gives the same numbers). ``packing`` concatenates whole examples into rows of ``max_length``.
+    gives the same numbers). ``packing`` greedily concatenates whole examples into rows of up to
+    ``max_length`` tokens, with ``position_ids`` restarting per example and no label predicting across
+    a boundary. Limitation: attention is still causal over the whole packed row, so an example can
+    attend to the ones packed before it (per-document masking needs the varlen attention path, not
+    there yet); packed training is therefore close to, not equal to, unpacked training.
     """
 
     learning_rate: float = 2e-5
