@@ -248,6 +248,7 @@ class Trainer:
         start_step, run_losses = state.global_step, []
         window_loss, window_steps, window_tokens = 0.0, 0, 0
         batches = self._micro_batch_stream(batches_per_epoch)
+        self.optimizer.zero_grad(set_to_none=True)  # nothing left over from an earlier backward
 
         while state.global_step < max_steps and not state.should_stop:
             micro_batches, epoch_ended = self._next_step_batches(batches, batches_per_epoch)
