@@ -139,7 +139,7 @@ def load_checkpoint(
             params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(folder / "rng_state.pt", weights_only=False))
+    set_rng_state(torch.load(folder / "rng_state.pt", weights_only=True))
     return json.loads((folder / "trainer_state.json").read_text())
 
 
