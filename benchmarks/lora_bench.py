@@ -92,14 +92,15 @@ def make_checkpoint(shape: str, out: Path) -> None:
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(out, max_shard_size="5GB")
     del model
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"]
     vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    while len(vocab) < VOCAB - 2:
+    while len(vocab) < VOCAB - len(specials):
         vocab[f"Ġt{len(vocab)}"] = len(vocab)
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+    tk.add_special_tokens(specials)
     PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"
+        tokenizer_object=tk, bos_token=specials[0], eos_token=specials[1], pad_token=specials[2]
     ).save_pretrained(out)
 
 
