@@ -206,7 +206,10 @@ def _first(v):
 
 def _model_name(model) -> str:
     name = str(getattr(model, "name_or_path", "") or "").rstrip("/")
-    return Path(name).name or "model" if name else "model"
+    if not name:
+        return "model"
+    path = Path(name)
+    return path.stem if path.suffix == ".gguf" else path.name
 
 
 # ---------------------------------------------------------------------------------- writing

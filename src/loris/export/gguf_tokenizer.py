@@ -191,8 +191,12 @@ def tokenizer_metadata(tokenizer, vocab_size: int, source_gguf: Path | None = No
     structure = _structure(tokenizer)
     model = structure.get("model") or {}
     kind = model.get("type")
-    if kind == "BPE":
-        spm = bool(model.get("byte_fallback"))
+    if kind == "BPE":  # byte-level BPE maps bytes to printable characters; SentencePiece BPE does not
+        byte_level = any(
+            n.get("type") == "ByteLevel"
+            for n in _walk([structure.get("pre_tokenizer"), structure.get("decoder")])
+        )
+        spm = not byte_level
     elif kind == "Unigram":
         spm = True
     else:
@@ -217,13 +221,13 @@ def tokenizer_metadata(tokenizer, vocab_size: int, source_gguf: Path | None = No
             tokens.append(f"[PAD{i}]")
             types.append(T.UNUSED)
             continue
-        if i in added:
+        if spm and i == unk_id:
+            types.append(T.UNKNOWN)
+        elif i in added:
             special = added[i].get("special") or _looks_special(tok)
             types.append(T.CONTROL if special else T.USER_DEFINED)
             if not special and spm:
                 tok = tok.replace("\u2581", " ")  # llama.cpp expects user-defined spaces pre-normalised
-        elif spm and i == unk_id:
-            types.append(T.UNKNOWN)
         elif spm and _BYTE_TOKEN.match(tok):
             types.append(T.BYTE)
         else:
@@ -233,7 +237,9 @@ def tokenizer_metadata(tokenizer, vocab_size: int, source_gguf: Path | None = No
     merges = _merges(model) if kind == "BPE" else []
     scores = None
     if spm:
-        scores = _spm_scores(model, kind, tokens, merges, set(added))
+        scores = _sentencepiece_file_scores(tokenizer, vocab_size) or _spm_scores(
+            model, kind, tokens, merges, set(added)
+        )
     meta = TokenizerMetadata(
         model="llama" if spm else "gpt2",
         pre="default",
@@ -252,6 +258,20 @@ def tokenizer_metadata(tokenizer, vocab_size: int, source_gguf: Path | None = No
     return meta
 
 
+def _sentencepiece_file_scores(tokenizer, vocab_size: int) -> list[float] | None:
+    """The scores of the tokenizer's own SentencePiece model, when it has one (what llama.cpp writes)."""
+    path = getattr(tokenizer, "vocab_file", None)
+    if not path or not str(path).endswith(".model") or not Path(path).exists():
+        return None
+    try:
+        import sentencepiece
+    except ImportError:
+        return None
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    n = min(sp.get_piece_size(), vocab_size)
+    return [float(sp.get_score(i)) for i in range(n)] + [-1000.0] * (vocab_size - n)
+
+
 def _spm_scores(model, kind, tokens, merges, added_ids) -> list[float]:
     """SentencePiece scores: Unigram log-probs as they are; for BPE, minus the merge rank (what makes
     llama.cpp's highest-score-first merging follow the BPE merge order)."""
@@ -259,7 +279,8 @@ def _spm_scores(model, kind, tokens, merges, added_ids) -> list[float]:
         table = {t: float(s) for t, s in model.get("vocab") or []}
         return [table.get(t, -1000.0) for t in tokens]
     rank = {m.replace(" ", ""): -float(r + 1) for r, m in reversed(list(enumerate(merges)))}
-    return [-1000.0 if i in added_ids else rank.get(t, 0.0) for i, t in enumerate(tokens)]
+    # tokens no merge produces keep SentencePiece's convention: a lower id scores higher
+    return [-1000.0 if i in added_ids else rank.get(t, -float(len(merges) + i)) for i, t in enumerate(tokens)]
 
 
 def _pre_name(tokenizer, structure, tokens, source_gguf) -> str:
