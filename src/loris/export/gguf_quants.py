@@ -38,7 +38,7 @@ Public API::
               tied_embeddings=False, arch="llama").type_for(gguf_name, shape)
     tensor_type_for(method, gguf_name, shape, *, n_layers, layer_index, n_head, n_head_kv,
                     n_expert=0, tied_embeddings=False, arch="llama") -> GGMLQuantizationType
-    quantize(tensor, qtype, *, chunk_elements=...) -> numpy.ndarray
+    quantize(tensor, qtype, *, chunk_elements=None) -> numpy.ndarray
 
 Shapes are PyTorch shapes (``(rows, row_length)``): the last dimension is GGML's ``ne[0]``.
 """
@@ -58,7 +58,9 @@ FT = gguf.LlamaFileType
 
 QK_K = 256
 _GROUP_MAX_EPS = 1e-15  # below this a group counts as all zero, as in ggml
-_DEFAULT_CHUNK_ELEMENTS = 1 << 22  # ~16 MiB of float32 per chunk keeps temporaries bounded
+# values per chunk: on CPU the work buffers stay cache-sized; on GPU chunks are big enough to
+# hide launch overhead while bounding the ~6x temporaries
+_DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 24}
 
 # --------------------------------------------------------------------------------------------
 # methods and file types
@@ -376,16 +378,16 @@ def _fp16_value(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).to(torch.float32)
 
 
-def _seq_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over dim 0 strictly in index order, in float32.
+def _seq_sum(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Sum over ``dim`` strictly in index order, in float32.
 
     ggml's C loops accumulate this way; matching the order keeps every later comparison (which
     candidate scale wins) on the same side of a near-tie. Group data is kept position-major
-    ([n, groups]) so each step adds two contiguous rows.
+    ([n, groups]) so each step adds contiguous rows.
     """
-    acc = t[0].clone()
-    for i in range(1, t.shape[0]):
-        acc += t[i]
+    acc = t.select(dim, 0).clone()
+    for i in range(1, t.shape[dim]):
+        acc += t.select(dim, i)
     return acc
 
 
@@ -499,23 +501,35 @@ def _make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Ten
     w = x * x
     wx = w * x
 
-    def grid(numerator: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        levels = torch.round(_div(-numerator, safe_max) * x).clamp_(-nmax, nmax - 1)
-        return levels, _seq_sum(wx * levels), _seq_sum(w * levels * levels)
+    levels = torch.empty_like(x)  # work buffers reused by every grid: fresh multi-MiB tensors
+    prods = torch.empty((2, *x.shape), dtype=x.dtype, device=x.device)  # page-fault on each alloc
 
-    L, sumlx, suml2 = grid(_f32(nmax))
+    def grid(iscale: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.mul(x, iscale, out=out).round_().clamp_(-nmax, nmax - 1)
+
+    def sums(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid(iscale, levels)
+        torch.mul(wx, levels, out=prods[0])
+        torch.mul(w, levels, out=prods[1]).mul_(levels)
+        both = _seq_sum(prods, dim=1)
+        return both[0], both[1]
+
+    # only the winning grid's inverse scale is tracked; its levels are rebuilt once at the end
+    best_iscale = _div(-nmax, safe_max)
+    sumlx, suml2 = sums(best_iscale)
     scale = torch.where(suml2 != 0, sumlx / suml2, torch.zeros_like(suml2))
     best = scale * sumlx
     for step in range(-9, 10):
         if step == 0:
             continue
-        levels, slx, sl2 = grid(_f32(nmax + _f32(_f32(0.1) * step)))
+        iscale = _div(-_f32(nmax + _f32(_f32(0.1) * step)), safe_max)
+        slx, sl2 = sums(iscale)
         take = (sl2 > 0) & (slx * slx > best * sl2)
-        L = torch.where(take, levels, L)
+        best_iscale = torch.where(take, iscale, best_iscale)
         scale = torch.where(take, slx / sl2, scale)
         best = torch.where(take, scale * slx, best)
     scale = torch.where(zero, torch.zeros_like(scale), scale)
-    L = torch.where(zero, torch.zeros_like(L), L + nmax)
+    L = grid(best_iscale).add_(nmax).mul_(~zero)
     return scale, L
 
 
@@ -574,10 +588,20 @@ def _make_qkx2_quants(
     flat = hi == lo
     sum_w = _seq_sum(w)
     sum_x = _seq_sum(w * x)
+    # work buffers reused by every grid: fresh multi-MiB tensors page-fault on each allocation
+    cand = torch.empty_like(x)
+    diff = torch.empty_like(x)
+    prods = torch.empty((3, *x.shape), dtype=x.dtype, device=x.device)
+
+    def grid(iscale: torch.Tensor, mn: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sub(x, mn, out=out).mul_(iscale).round_().clamp_(0, nmax)
 
     def error(scale: torch.Tensor, mn: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-        diff = scale * levels + mn - x
-        diff = diff.abs_() if use_mad else diff.square_()
+        torch.mul(levels, scale, out=diff).add_(mn).sub_(x)
+        if use_mad:
+            diff.abs_()
+        else:
+            diff.square_()
         return _seq_sum(diff.mul_(w))
 
     def span(mn: torch.Tensor) -> torch.Tensor:
@@ -585,17 +609,19 @@ def _make_qkx2_quants(
 
     iscale = _div(nmax, span(lo))
     scale = _div(1.0, iscale)
-    L = torch.round(iscale * (x - lo)).clamp_(0, nmax)
-    best = error(scale, lo, L)
+    best = error(scale, lo, grid(iscale, lo, cand))
     mn = lo
+    # the grid (inverse scale, shift) that produced the best levels; levels are rebuilt at the end
+    best_iscale, best_shift = iscale, lo
     for step in range(nstep + 1):
         # the reference keeps using the running best min for both the span and the shift
         numerator = _f32(_f32(rmin + _f32(_f32(rdelta) * step)) + nmax)
-        cand = torch.round(_div(numerator, span(mn)) * (x - mn)).clamp_(0, nmax)
-        wl = w * cand
-        sum_l = _seq_sum(wl)
-        sum_l2 = _seq_sum(wl * cand)
-        sum_xl = _seq_sum(wl.mul_(x))
+        iscale = _div(numerator, span(mn))
+        grid(iscale, mn, cand)
+        torch.mul(w, cand, out=prods[0])
+        torch.mul(prods[0], cand, out=prods[1])
+        torch.mul(prods[0], x, out=prods[2])
+        sum_l, sum_l2, sum_xl = _seq_sum(prods, dim=1).unbind(0)
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = D > 0
         safe_d = torch.where(ok, D, torch.ones_like(D))
@@ -607,13 +633,14 @@ def _make_qkx2_quants(
         this_min = torch.where(pos, torch.zeros_like(this_min), this_min)
         cur = error(this_scale, this_min, cand)
         take = ok & (cur < best)
-        L = torch.where(take, cand, L)
+        best_iscale = torch.where(take, iscale, best_iscale)
+        best_shift = torch.where(take, mn, best_shift)
         best = torch.where(take, cur, best)
         scale = torch.where(take, this_scale, scale)
         mn = torch.where(take, this_min, mn)
+    L = grid(best_iscale, best_shift).mul_(~flat)
     scale = torch.where(flat, torch.zeros_like(scale), scale)
     mn = torch.where(flat, lo, mn)
-    L = torch.where(flat, torch.zeros_like(L), L)
     return scale, -mn, L
 
 
@@ -807,11 +834,11 @@ SUPPORTED_TYPES: tuple[Q, ...] = (Q.F32, Q.F16, Q.BF16, *_BLOCK_QUANTIZERS)
 # --------------------------------------------------------------------------------------------
 
 
-def quantize(tensor: torch.Tensor, qtype: Q, *, chunk_elements: int = _DEFAULT_CHUNK_ELEMENTS) -> np.ndarray:
+def quantize(tensor: torch.Tensor, qtype: Q, *, chunk_elements: int | None = None) -> np.ndarray:
     """Encode ``tensor`` as GGML ``qtype``; the result matches ``gguf.quants.quantize``'s form.
 
-    Rows are processed ``chunk_elements`` at a time on the tensor's device, so memory stays
-    bounded for large embeddings. Non-finite values are rejected: llama.cpp refuses them too.
+    Blocks are processed ``chunk_elements`` values at a time on the tensor's device (default:
+    512Ki on CPU, 16Mi on CUDA), so memory stays bounded for large embeddings. Non-finite values are rejected: llama.cpp refuses them too.
     """
     qtype = Q(qtype)
     if qtype not in SUPPORTED_TYPES:
@@ -837,6 +864,8 @@ def quantize(tensor: torch.Tensor, qtype: Q, *, chunk_elements: int = _DEFAULT_C
     if not bool(torch.isfinite(flat).all()):
         raise ValueError(f"Cannot quantize a tensor with NaN or Inf values to {qtype.name}.")
     out = np.empty((flat.shape[0], type_size), dtype=np.uint8)
+    if chunk_elements is None:
+        chunk_elements = _DEFAULT_CHUNK_ELEMENTS.get(flat.device.type, _DEFAULT_CHUNK_ELEMENTS["cpu"])
     blocks_per_chunk = max(1, chunk_elements // block)
     encode = _BLOCK_QUANTIZERS[qtype]
     for start in range(0, flat.shape[0], blocks_per_chunk):
