@@ -392,9 +392,14 @@ def _seq_sum(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 def _first_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(|max|, signed value) of the first element with the largest magnitude in each row."""
+    """(|max|, signed value) of the first element with the largest magnitude in each row.
+
+    An all-zero row yields +0.0 even when it holds -0.0, as the C loop that starts from 0 does;
+    the sign of a zero reaches the stored fp16 scale.
+    """
     idx = x.abs().argmax(dim=-1, keepdim=True)
     value = x.gather(-1, idx).squeeze(-1)
+    value = torch.where(value == 0, torch.zeros_like(value), value)
     return value.abs(), value
 
 
@@ -440,8 +445,9 @@ def _symmetric_4_5(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Te
 
 def _affine_4_5(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q4_1/Q5_1: min/max affine grid; returns (d, min, codes)."""
-    lo = x.amin(dim=-1)
-    hi = x.amax(dim=-1)
+    # first occurrence of the extreme, as the C scan keeps it: decides the sign of a zero min
+    lo = x.gather(-1, x.argmin(dim=-1, keepdim=True)).squeeze(-1)
+    hi = x.gather(-1, x.argmax(dim=-1, keepdim=True)).squeeze(-1)
     d = _div(hi - lo, float(levels - 1))
     inv = torch.where(d != 0, _div(1.0, d), torch.zeros_like(d))
     codes = torch.trunc((x - lo[:, None]) * inv[:, None] + 0.5).clamp(max=levels - 1).to(torch.int32)
@@ -486,6 +492,7 @@ def _first_absmax_t(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """_first_absmax for position-major [n, B] data."""
     idx = x.abs().argmax(dim=0, keepdim=True)
     value = x.gather(0, idx).squeeze(0)
+    value = torch.where(value == 0, torch.zeros_like(value), value)
     return value.abs(), value
 
 
