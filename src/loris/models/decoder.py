@@ -163,11 +163,13 @@ def causal_mask(
     attention_mask: torch.Tensor | None,
     sliding_window: int | None,
     device: torch.device,
+    documents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean (batch|1, 1, q_len, kv_len) mask, True where a query may attend.
 
     Query ``i`` sits at cache index ``start + i``. Every query may also see itself, so rows that are
-    pure padding (left-padded prompts) stay finite instead of producing NaN.
+    pure padding (left-padded prompts) stay finite instead of producing NaN. ``documents`` (batch, len)
+    numbers the samples packed into each row; attention stays inside a sample.
     """
     q_idx = torch.arange(start, start + q_len, device=device)[:, None]
     kv_idx = torch.arange(kv_len, device=device)[None, :]
@@ -177,7 +179,16 @@ def causal_mask(
     allowed = allowed[None, None]
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, :kv_len].bool()
+    if documents is not None:
+        allowed = allowed & (documents[:, None, :, None] == documents[:, None, None, :])
     return allowed | (kv_idx == q_idx)[None, None]
+
+
+def packed_documents(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Sample numbers for rows that pack several samples (position ids restart at 0), else None."""
+    if position_ids.shape[-1] < 2 or not bool((position_ids[:, 1:] == 0).any()):
+        return None
+    return (position_ids == 0).cumsum(-1)
 
 
 class LorisForCausalLM(nn.Module):
@@ -219,7 +230,9 @@ class LorisForCausalLM(nn.Module):
             tables[i] = by_rope[key]
         return tables
 
-    def _masks(self, q_len, kv_len, start, attention_mask, device) -> dict[int | None, torch.Tensor | None]:
+    def _masks(
+        self, q_len, kv_len, start, attention_mask, device, documents=None
+    ) -> dict[int | None, torch.Tensor | None]:
         """One mask per distinct window; None where no mask is needed: a full causal prefill (SDPA's
         is_causal) or a single decoding query that may see the whole cache."""
         masks: dict[int | None, torch.Tensor | None] = {}
@@ -228,9 +241,16 @@ class LorisForCausalLM(nn.Module):
             if window in masks:
                 continue
             fits = window is None or kv_len <= window
-            plain = attention_mask is None and fits and ((start == 0 and q_len == kv_len) or q_len == 1)
+            plain = (
+                attention_mask is None
+                and documents is None
+                and fits
+                and ((start == 0 and q_len == kv_len) or q_len == 1)
+            )
             masks[window] = (
-                None if plain else causal_mask(q_len, kv_len, start, attention_mask, window, device)
+                None
+                if plain
+                else causal_mask(q_len, kv_len, start, attention_mask, window, device, documents)
             )
         return masks
 
@@ -249,12 +269,15 @@ class LorisForCausalLM(nn.Module):
             x = x * torch.tensor(cfg.embed_scale, dtype=x.dtype)
         b, n = x.shape[:2]
         start = kv_cache.length if kv_cache is not None else 0
+        documents = None
         if position_ids is None:
             position_ids = torch.arange(start, start + n, device=x.device).expand(b, n)
+        elif attention_mask is None and kv_cache is None:
+            documents = packed_documents(position_ids)
         kv_len = start + n
         if attention_mask is not None and bool(attention_mask[:, :kv_len].all()):
             attention_mask = None  # no padding: let SDPA use its causal fast path
-        masks = self._masks(n, kv_len, start, attention_mask, x.device)
+        masks = self._masks(n, kv_len, start, attention_mask, x.device, documents)
         tables = self._rope_tables(position_ids, x.dtype)
         for i, block in enumerate(self.layers):
             cos, sin = tables[i]
