@@ -272,7 +272,7 @@ class LorisForCausalLM(nn.Module):
         documents = None
         if position_ids is None:
             position_ids = torch.arange(start, start + n, device=x.device).expand(b, n)
-        elif attention_mask is None and kv_cache is None:
+        elif kv_cache is None:
             documents = packed_documents(position_ids)
         kv_len = start + n
         if attention_mask is not None and bool(attention_mask[:, :kv_len].all()):
