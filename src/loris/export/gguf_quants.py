@@ -16,9 +16,12 @@ follows llama.cpp's reference CPU quantizer (the ``quantize_row_*_ref`` path tha
 ``llama-quantize`` takes without an importance matrix): the same search for scales and mins,
 the same candidate scales, the same float32 operation order (sums are accumulated left to right
 as the C loops do) and the same round-to-nearest rules, so that blocks come out byte-identical to
-llama.cpp's for the same float32 input. Work is vectorised over all blocks of a chunk of rows; the
-only Python loops run over positions inside a block or over candidate scales, never over blocks.
-Tensors on CUDA are quantized on CUDA.
+llama.cpp's for the same float32 input (measured: 100% of blocks for every type against
+llama-cpp-python 0.3.36 built with ``GGML_NATIVE=off``; a build whose compiler contracts float
+operations into FMA can differ in rare near-tie blocks). Work is vectorised over all blocks of a
+chunk of rows; the only Python loops run over positions inside a block or over candidate scales,
+never over blocks. The code is device-agnostic, so tensors on CUDA are quantized on CUDA (byte
+parity is verified on CPU). On small, busy CPUs one torch thread is often faster than several.
 
 **Type mixes.** A "method" is a llama.cpp file type such as ``q4_k_m``. ``TypeMixer`` (or the
 ``tensor_type_for`` shortcut) picks each tensor's GGML type the way llama.cpp's
