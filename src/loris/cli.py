@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 
@@ -18,41 +17,35 @@ def smollm2_gguf_path() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
+    """`loris demo` (SFT on dates → ISO 8601) and `loris demo grpo`."""
+    if args.task == "grpo":
+        from loris.demos.grpo_demo import run_grpo_demo
 
-    from loris import FastLanguageModel
+        return run_grpo_demo(args)
+    from loris.demos.sft_demo import DemoSettings, run
 
-    path = Path(args.model) if args.model else smollm2_gguf_path()
-    t0 = time.perf_counter()
-    model, tok = FastLanguageModel.from_pretrained(str(path), load_in_4bit=False, dtype=torch.float32)
-    print(
-        f"loaded {path.name}: {model.num_parameters() / 1e6:.0f}M parameters in {time.perf_counter() - t0:.1f}s"
-    )
-    FastLanguageModel.for_inference(model)
-    for question in args.questions or [
-        "What is the capital of France?",
-        "Give me one tip for learning Python.",
-    ]:
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-        )
-        ids = tok(text, return_tensors="pt").input_ids
-        t0 = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=args.max_new_tokens)
-        answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-        print(
-            f"\nQ: {question}\nA: {answer}   ({out.shape[1] - ids.shape[1]} tokens, {time.perf_counter() - t0:.1f}s)"
-        )
+    model = args.model or str(smollm2_gguf_path())
+    if args.quick:
+        settings = DemoSettings.quick(model, args.output_dir)
+    else:
+        settings = DemoSettings(model, args.output_dir)
+        if args.max_steps:
+            settings.max_steps = args.max_steps
+    run(settings)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loris", description="Fine-tune open LLMs fast, export everywhere.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="load SmolLM2-135M-Instruct (bundled GGUF) and answer questions")
-    demo.add_argument("--model", help="another model folder or .gguf file")
-    demo.add_argument("--max-new-tokens", type=int, default=48)
-    demo.add_argument("questions", nargs="*")
+    demo = sub.add_parser(
+        "demo", help="fine-tune SmolLM2-135M-Instruct (bundled) on a scored task and show before/after"
+    )
+    demo.add_argument("task", nargs="?", default="sft", choices=["sft", "grpo"])
+    demo.add_argument("--model", help="another model folder or .gguf file (default: the bundled SmolLM2)")
+    demo.add_argument("--output-dir", default="loris-demo")
+    demo.add_argument("--max-steps", type=int, default=None)
+    demo.add_argument("--quick", action="store_true", help="a few steps only (used by the tests)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

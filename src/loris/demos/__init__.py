@@ -1,0 +1,1 @@
+"""Self-contained demos: a task with an exact automatic score, a short training run, before/after."""
