@@ -95,7 +95,7 @@ def run(settings: DemoSettings) -> dict:
         model,
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
-        use_gradient_checkpointing=True,
+        use_gradient_checkpointing=device.type == "cuda",  # CPU has memory to spare: no recompute
         random_state=settings.seed,
     )
     FastLanguageModel.for_training(model)
