@@ -13,11 +13,18 @@ _LAZY = {
     "is_bfloat16_supported": "loris.api",
     "SFTConfig": "loris.trainers.sft",
     "SFTTrainer": "loris.trainers.sft",
+    "UnslothTrainer": "loris.trainers.sft",
+    "UnslothTrainingArguments": "loris.trainers.sft",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from loris.api import FastLanguageModel, FastModel, is_bfloat16_supported  # noqa: F401
-    from loris.trainers.sft import SFTConfig, SFTTrainer  # noqa: F401
+    from loris.trainers.sft import (  # noqa: F401
+        SFTConfig,
+        SFTTrainer,
+        UnslothTrainer,
+        UnslothTrainingArguments,
+    )
 
 
 def __getattr__(name: str) -> Any:

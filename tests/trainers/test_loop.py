@@ -222,7 +222,12 @@ def test_checkpoints_are_complete_and_rotated(load_tiny, tmp_path):
     )
     trainer = SFTTrainer(model, cfg, train_dataset=token_rows([3, 5, 4, 6]), processing_class=tok)
     trainer.train()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-3", "log.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-3",
+        "log.jsonl",
+        "loss.png",
+    ]
     ckpt = tmp_path / "checkpoint-3"
     files = {p.name for p in ckpt.iterdir()}
     assert files == {

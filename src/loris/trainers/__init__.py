@@ -1,4 +1,5 @@
-"""Training loops: the shared `Trainer` and supervised fine-tuning (`SFTTrainer`, `SFTConfig`).
+"""Training loops: the shared `Trainer` and supervised fine-tuning (`SFTTrainer`, `SFTConfig`, and
+Unsloth's aliases `UnslothTrainer`, `UnslothTrainingArguments`).
 
 Importing this package only defines names; nothing runs.
 """
@@ -13,7 +14,7 @@ from loris.trainers.loop import (
     TrainingDivergedError,
     TrainOutput,
 )
-from loris.trainers.sft import SFTConfig, SFTTrainer
+from loris.trainers.sft import SFTConfig, SFTTrainer, UnslothTrainer, UnslothTrainingArguments
 from loris.trainers.sft_data import SFTCollator
 
 __all__ = [
@@ -26,4 +27,6 @@ __all__ = [
     "TrainerState",
     "TrainingDivergedError",
     "TrainOutput",
+    "UnslothTrainer",
+    "UnslothTrainingArguments",
 ]

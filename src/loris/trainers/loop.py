@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from loris.trainers.checkpoint import (
+    list_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
     rotate_checkpoints,
@@ -39,6 +40,8 @@ from loris.trainers.checkpoint import (
 )
 from loris.trainers.config import TrainingConfig
 from loris.trainers.optim import build_optimizer
+from loris.trainers.plots import LOSS_PLOT, write_loss_plot
+from loris.trainers.progress import ProgressBar, wants_bar
 from loris.trainers.schedule import build_scheduler
 
 IGNORE_INDEX = -100
@@ -90,6 +93,9 @@ class TrainerCallback:
 
 
 class TrainOutput(NamedTuple):
+    """What `Trainer.train()` returns, as TRL/transformers do: ``metrics`` has train_runtime,
+    train_samples_per_second, train_steps_per_second, train_loss and epoch."""
+
     global_step: int
     training_loss: float
     metrics: dict[str, float]
@@ -145,6 +151,7 @@ class Trainer:
         self._given_optimizers = optimizers  # the user's are kept; ours are rebuilt by each train()
         self.state = TrainerState()
         self._warned: set[str] = set()
+        self._bar = ProgressBar(0, enabled=False)
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         if isinstance(callback, type):
@@ -204,7 +211,13 @@ class Trainer:
         self._warn_unsupported()
         model = self.model
         model.train()
+        self._enable_gradient_checkpointing(model)
 
+        if self.train_dataset is not None and len(self.train_dataset) == 0:
+            raise ValueError(
+                "The train dataset is empty (0 rows): nothing to train on. Check the data file, split and "
+                "any filtering (train_on_responses_only drops rows with no answer tokens)."
+            )
         batches_per_epoch = self.num_train_batches()
         if batches_per_epoch < 1:
             raise ValueError(
@@ -238,31 +251,66 @@ class Trainer:
         state = self.state
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         scaler = self._grad_scaler()
-        log_every = TrainingConfig.every(args.logging_steps, max_steps)
-        save_every = TrainingConfig.every(args.save_steps, max_steps)
-        eval_every = TrainingConfig.every(args.eval_steps, max_steps)
 
         for cb in self.callbacks:
             cb.on_train_begin(state)
-        start_time = window_start = time.perf_counter()
+        start_time = time.perf_counter()
         start_step, run_losses = state.global_step, []
-        window_loss, window_steps, window_tokens = 0.0, 0, 0
         batches = self._micro_batch_stream(batches_per_epoch)
         self.optimizer.zero_grad(set_to_none=True)  # nothing left over from an earlier backward
+        self._bar = ProgressBar(max_steps, state.global_step, wants_bar(args.disable_tqdm))
+        try:
+            self._train_steps(model, batches, batches_per_epoch, max_steps, scaler, run_losses)
+        finally:
+            self._bar.close()
 
+        for cb in self.callbacks:
+            cb.on_train_end(state)
+        runtime = time.perf_counter() - start_time
+        done = state.global_step - start_step
+        training_loss = sum(run_losses) / len(run_losses) if run_losses else float("nan")
+        metrics = {
+            "train_runtime": runtime,
+            "train_samples_per_second": done
+            * args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            / max(runtime, 1e-9),
+            "train_steps_per_second": done / max(runtime, 1e-9),
+            "train_loss": training_loss,
+            "epoch": state.epoch,
+        }
+        write_loss_plot(state.log_history, Path(args.output_dir) / LOSS_PLOT, args.run_name or "")
+        return TrainOutput(state.global_step, training_loss, metrics)
+
+    def _train_steps(
+        self,
+        model: nn.Module,
+        batches: Iterator[dict[str, Any]],
+        batches_per_epoch: int,
+        max_steps: int,
+        scaler: Any,
+        run_losses: list[float],
+    ) -> None:
+        """Optimizer steps until ``max_steps`` (or a callback stops): accumulate, clip, step, log, save."""
+        args, state = self.args, self.state
+        log_every = TrainingConfig.every(args.logging_steps, max_steps)
+        save_every = TrainingConfig.every(args.save_steps, max_steps)
+        eval_every = TrainingConfig.every(args.eval_steps, max_steps)
+        window_start = step_start = time.perf_counter()
+        window_loss, window_steps, window_tokens = 0.0, 0, 0
         while state.global_step < max_steps and not state.should_stop:
             micro_batches, epoch_ended = self._next_step_batches(batches, batches_per_epoch)
             loss, tokens = self._accumulate(model, micro_batches, scaler)
             step = state.global_step + 1
             if not math.isfinite(loss):
-                raise TrainingDivergedError(
+                self._diverged(
                     f"The training loss is {loss} at step {step} (epoch {state.epoch:.2f}). Lower "
                     f"learning_rate (now {args.learning_rate:g}), keep max_grad_norm > 0, and train in "
                     "fp32 or bf16 rather than fp16; also check the data for rows with no label tokens."
                 )
             grad_norm = self._clip_gradients(scaler)
             if scaler is None and not math.isfinite(grad_norm):
-                raise TrainingDivergedError(
+                self._diverged(
                     f"The gradient norm is {grad_norm} at step {step} (loss {loss:.4f}). Lower "
                     f"learning_rate (now {args.learning_rate:g}) or train in fp32/bf16 instead of fp16."
                 )
@@ -286,6 +334,9 @@ class Trainer:
             )
             for cb in self.callbacks:
                 cb.on_step_end(state, step_logs)
+            now = time.perf_counter()
+            self._bar.update(loss, lrs[0], tokens / max(now - step_start, 1e-9))
+            step_start = now
 
             last = step == max_steps or state.should_stop
             if step % log_every == 0 or last or (step == 1 and args.logging_first_step):
@@ -314,24 +365,50 @@ class Trainer:
                 or (args.save_strategy == "steps" and step % save_every == 0)
                 or (args.save_strategy == "epoch" and epoch_ended)
             ):
+                self._check_finite_weights(step)
                 self.save_checkpoint()
 
-        for cb in self.callbacks:
-            cb.on_train_end(state)
-        runtime = time.perf_counter() - start_time
-        done = state.global_step - start_step
-        training_loss = sum(run_losses) / len(run_losses) if run_losses else float("nan")
-        metrics = {
-            "train_runtime": runtime,
-            "train_samples_per_second": done
-            * args.per_device_train_batch_size
-            * args.gradient_accumulation_steps
-            / max(runtime, 1e-9),
-            "train_steps_per_second": done / max(runtime, 1e-9),
-            "train_loss": training_loss,
-            "epoch": state.epoch,
-        }
-        return TrainOutput(state.global_step, training_loss, metrics)
+    def _check_finite_weights(self, step: int) -> None:
+        """Refuse to checkpoint non-finite weights: a bad checkpoint must never replace (or rotate out)
+        the last good one."""
+        bad = [
+            n
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and not bool(torch.isfinite(p).all())
+        ]
+        if bad:
+            self._diverged(
+                f"After step {step} the weights hold NaN/inf ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}), so no checkpoint was written. Lower learning_rate "
+                f"(now {self.args.learning_rate:g}) or keep max_grad_norm > 0."
+            )
+
+    def _diverged(self, message: str) -> None:
+        """Stop with ``message`` plus where to resume from: nothing is saved after a non-finite step."""
+        found = list_checkpoints(self.args.output_dir)
+        if found:
+            message += (
+                f" The last good checkpoint is {found[-1]!s}; resume_from_checkpoint can restart from it."
+            )
+        raise TrainingDivergedError(message)
+
+    def _enable_gradient_checkpointing(self, model: nn.Module) -> None:
+        """``gradient_checkpointing=True``: per-block recompute, unless the model already has a mode
+        (e.g. "offload" from get_peft_model), which is kept."""
+        if not self.args.gradient_checkpointing:
+            return
+        current = getattr(model, "gradient_checkpointing", False)
+        if current is not None and not callable(current):
+            self._warn_once(
+                "gc-model",
+                f"gradient_checkpointing=True has no effect on {type(model).__name__}: loris checkpoints "
+                "the blocks of its own decoder only.",
+            )
+            return
+        if current is None:
+            from loris.checkpointing import make_checkpoint_fn
+
+            model.gradient_checkpointing = make_checkpoint_fn(True)
 
     def _accumulate(
         self, model: nn.Module, micro_batches: list[dict[str, Any]], scaler: Any
@@ -438,7 +515,7 @@ class Trainer:
         """Record ``logs`` at the current step: state.log_history, stdout and output_dir/log.jsonl."""
         entry = {**logs, "step": self.state.global_step}
         self.state.log_history.append(entry)
-        print({k: (round(v, 6) if isinstance(v, float) else v) for k, v in entry.items()})
+        self._bar.write(str({k: (round(v, 6) if isinstance(v, float) else v) for k, v in entry.items()}))
         path = Path(self.args.output_dir)
         path.mkdir(parents=True, exist_ok=True)
         with open(path / LOG_FILE, "a") as f:

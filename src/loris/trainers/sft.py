@@ -42,12 +42,11 @@ class SFTConfig(TrainingConfig):
     (from `FastLanguageModel.from_pretrained`), else 1024. ``completion_only_loss`` applies to
     prompt/completion datasets; ``assistant_only_loss`` is accepted but response-only masking is done
     by ``loris.chat_templates.train_on_responses_only(trainer)``. ``padding_free`` is accepted and
-    trains exactly as padded batches do (per-document attention is not implemented yet, and padding
-    gives the same numbers). ``packing`` greedily concatenates whole examples into rows of up to
-    ``max_length`` tokens, with ``position_ids`` restarting per example and no label predicting across
-    a boundary. Limitation: attention is still causal over the whole packed row, so an example can
-    attend to the ones packed before it (per-document masking needs the varlen attention path, not
-    there yet); packed training is therefore close to, not equal to, unpacked training.
+    trains exactly as padded batches do (same numbers). ``packing`` greedily concatenates whole
+    examples into rows of up to ``max_length`` tokens, with ``position_ids`` restarting per example
+    and no label predicting across a boundary; the model keeps attention inside each example (it
+    reads the restarts as boundaries), so packed training equals unpacked training, minus the padding.
+    Samples longer than ``max_length`` are truncated, with one warning giving how many.
     """
 
     learning_rate: float = 2e-5
@@ -233,3 +232,25 @@ def prepare_sft_data(
     if args.packing:
         data = pack_dataset(data, args.max_length)
     return data
+
+
+@dataclass
+class UnslothTrainingArguments(SFTConfig):
+    """Unsloth's `UnslothTrainingArguments`: `SFTConfig` with Unsloth's defaults for unset fields
+    (batch 4, accumulation 2, lr 5e-5, weight decay 0.001, seed 3407, adamw_8bit, log every step).
+
+    ``embedding_learning_rate`` gives ``embed_tokens``/``lm_head`` (``modules_to_save``) their own
+    learning rate, as Unsloth's continued-pretraining notebooks use (typically lr / 10).
+    """
+
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 2
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.001
+    seed: int = 3407
+    optim: str = "adamw_8bit"
+    logging_steps: float = 1
+
+
+class UnslothTrainer(SFTTrainer):
+    """Unsloth's `UnslothTrainer`: an `SFTTrainer`; the embedding learning rate comes from the config."""

@@ -5,6 +5,7 @@ Works on a `datasets.Dataset` or a plain list of dicts; the result is of the sam
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 
 IGNORE_INDEX = -100
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels", "position_ids")
+_OVERFLOW = "__loris_truncated"  # temporary column: the row was cut to max_length
 CONVERSATION_COLUMNS = ("messages", "conversations")
 
 
@@ -115,9 +117,32 @@ def _formatted(formatting_func: Callable, row: dict) -> str:
 
 
 def _truncate(row: dict, max_length: int | None) -> dict:
+    """``row`` with its token columns cut to ``max_length``, flagged in a temporary column when cut."""
     if max_length is None:
         return row
-    return {k: (v[:max_length] if k in MODEL_COLUMNS and isinstance(v, list) else v) for k, v in row.items()}
+    cut = {k: (v[:max_length] if k in MODEL_COLUMNS and isinstance(v, list) else v) for k, v in row.items()}
+    cut[_OVERFLOW] = len(row.get("input_ids") or ()) > max_length
+    return cut
+
+
+def _warn_truncated(data: Any, max_length: int | None) -> Any:
+    """Drop the temporary flag column, warning once with the number of rows that were cut."""
+    if max_length is None:
+        return data
+    if is_dataset(data):
+        if _OVERFLOW not in data.column_names:
+            return data
+        count = sum(data[_OVERFLOW])
+        data = data.remove_columns(_OVERFLOW)
+    else:
+        count = sum(bool(row.pop(_OVERFLOW, False)) for row in data)
+    if count:
+        warnings.warn(
+            f"{count} of {len(data)} samples are longer than max_length={max_length} tokens and were "
+            "truncated (their ends are not trained on). Raise max_length (max_seq_length) or shorten them.",
+            stacklevel=3,
+        )
+    return data
 
 
 def prepare_dataset(
@@ -135,15 +160,22 @@ def prepare_dataset(
     ``completion_only_loss=False``). Plain text gets ``eos_token`` appended when it does not already
     end with it (TRL's rule); text starting with BOS is tokenized without adding another.
     """
+    if hasattr(data, "__len__") and len(data) == 0:
+        raise ValueError(
+            "The dataset is empty (0 rows): nothing to train on. Check the file, split or filtering "
+            "that produced it."
+        )
     names = columns_of(data)
     if "input_ids" in names:
         if spec.max_length is None:
             return data
         if is_dataset(data):
-            return data.map(
+            data = data.map(
                 lambda r: _truncate(r, spec.max_length), num_proc=spec.num_proc, desc="Truncating"
             )
-        return [_truncate(r, spec.max_length) for r in data]
+        else:
+            data = [_truncate(r, spec.max_length) for r in data]
+        return _warn_truncated(data, spec.max_length)
     if tokenizer is None:
         raise ValueError(
             "The dataset is not tokenized and there is no tokenizer: pass processing_class=tokenizer."
@@ -171,12 +203,13 @@ def prepare_dataset(
             return _render_chat(tokenizer, row[conv], conv)
 
     elif "prompt" in names and "completion" in names:
-        return map_rows(
+        data = map_rows(
             data,
             lambda row: _prompt_completion(tokenizer, row, spec),
             spec.num_proc,
             "Tokenizing prompt-completion rows",
         )
+        return _warn_truncated(data, spec.max_length)
     else:
         raise ValueError(
             f"The dataset has no {field!r} column to train on (columns: {names}). Set "
@@ -186,11 +219,9 @@ def prepare_dataset(
 
     def tokenize(row: dict) -> dict:
         ids = _text_to_ids(tokenizer, to_text(row), spec)
-        if spec.max_length is not None:
-            ids = ids[: spec.max_length]
-        return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        return _truncate({"input_ids": ids, "attention_mask": [1] * len(ids)}, spec.max_length)
 
-    return map_rows(data, tokenize, spec.num_proc, "Tokenizing")
+    return _warn_truncated(map_rows(data, tokenize, spec.num_proc, "Tokenizing"), spec.max_length)
 
 
 def _prompt_completion(tokenizer: Any, row: dict, spec: TokenizeSpec) -> dict:
@@ -215,8 +246,9 @@ def pack_dataset(data: Any, max_length: int) -> Any:
 
     Each packed row carries ``position_ids`` restarting at 0 for every example and ``labels`` whose
     first token of every example is -100, so no loss term predicts one example from another. The
-    attention, though, is still causal over the whole packed row (per-document masking needs the
-    varlen attention path), so later examples see earlier ones: packing changes the math slightly.
+    model reads the restarting position ids as sample boundaries and keeps attention inside each
+    sample, so a packed step trains exactly as the same samples unpacked (same tokens scored, same
+    loss): packing only removes the padding.
     """
     rows = (
         data
