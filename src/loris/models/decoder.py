@@ -466,3 +466,27 @@ class LorisForCausalLM(nn.Module):
         if streamer is not None:
             streamer.end()
         return out
+
+    # ---- fast generation (vLLM-style; see loris.generation) -------------------------------------
+
+    def fast_generate(self, prompts, sampling_params=None, lora_request=None, **kwargs):
+        """vLLM's ``LLM.generate``: texts or token id lists → outputs with ``.outputs[i].text`` /
+        ``.token_ids``. ``lora_request=None`` uses the base weights, as Unsloth + vLLM do; pass
+        ``model.load_lora(folder)``, or ``"live"`` for the in-memory adapter."""
+        from loris.generation.fast import fast_generate
+
+        return fast_generate(self, prompts, sampling_params, lora_request, **kwargs)
+
+    def load_lora(self, folder, load_tensors: bool = False):
+        """Unsloth's name: a `LoRARequest` for a saved adapter folder, to pass to `fast_generate`."""
+        from pathlib import Path
+
+        from loris.generation.params import LoRARequest
+
+        if not (Path(folder) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{folder} has no adapter_config.json: save it with model.save_lora")
+        return LoRARequest(lora_name=str(folder), lora_int_id=1, lora_path=str(folder))
+
+    def save_lora(self, folder):
+        """Unsloth's name for saving the adapter (PEFT format)."""
+        return self.save_pretrained(folder)

@@ -1,0 +1,261 @@
+"""The generation engine behind `generate`, `fast_generate`, `loris chat` and GRPO rollouts.
+
+One call: left-pad the prompts, prefill them once into a cache sized to the prompts, copy that
+cache ``n`` times into the decode cache (n samples per prompt share one prefill), then decode one
+token per step for every row until each has hit an EOS id, a stop string or ``max_new_tokens``.
+Rows that finished keep decoding padding (cheaper than reshaping the batch) and are masked out of
+the result. The decode step is the model's forward (eager, the default on CPU) or a fixed-shape
+step (`StaticDecodeStep`) that CUDA can capture in a graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from loris.generation.kv_cache import KVCache
+from loris.generation.sampling import SamplingConfig, next_tokens
+from loris.generation.static_step import StaticDecodeStep
+from loris.generation.stop import StopStrings
+
+
+@dataclass
+class EngineOptions:
+    """How to run, not what to sample. ``decode``: "auto" (CUDA graph on CUDA, eager elsewhere),
+    "eager" (the model's forward), "static" (fixed-shape step, no graph) or "cuda_graph".
+    ``merge_lora`` folds LoRA into a temporary copy of the model first (16-bit bases only)."""
+
+    decode: str = "auto"
+    merge_lora: bool = False
+    check_every: int = 0  # steps between "all finished?" host checks; 0 = 1 on CPU, 8 on CUDA
+
+    def __post_init__(self) -> None:
+        if self.decode not in ("auto", "eager", "static", "cuda_graph"):
+            raise ValueError(f"decode={self.decode!r}: choose auto, eager, static or cuda_graph")
+
+
+@dataclass
+class GenerationResult:
+    """``tokens`` (rows, steps): new tokens, padding after each row's end; ``lengths``: real tokens
+    per row (an EOS id is counted, a stop string's last token too); row r is prompt r // n."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    finish_reasons: list[str]
+    n: int
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def rows(self) -> list[list[int]]:
+        return [t[:n].tolist() for t, n in zip(self.tokens, self.lengths.tolist(), strict=True)]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists → (ids, mask), left-padded to the longest."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+def _merged_copy(model):
+    """A copy of ``model`` with every LoRA update folded into its base weight."""
+    from loris.lora import lora_modules
+
+    clone = copy.deepcopy(model)
+    for _, m in lora_modules(clone):
+        if not m.disabled:
+            m.merge()
+    return clone
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def iterate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    n: int = 1,
+    max_new_tokens: int = 32,
+    sampling: SamplingConfig | None = None,
+    eos_token_ids: Sequence[int] = (),
+    pad_token_id: int = 0,
+    stop: StopStrings | None = None,
+    seed: int | None = None,
+    options: EngineOptions | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (this step's tokens (rows,), finished (rows,)) per decode step; the engine's core.
+
+    ``input_ids`` (prompts, len) must be left-padded where lengths differ. A token yielded for a row
+    that had already finished is ``pad_token_id``.
+    """
+    sampling = sampling or SamplingConfig()
+    options = options or EngineOptions()
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must both be >= 1")
+    device = model.device
+    ids = input_ids.to(device)
+    b, plen = ids.shape
+    mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(device).long()
+    if bool((mask[:, -1] == 0).any()):
+        raise ValueError("prompts are right-padded; pad on the left (tokenizer.padding_side = 'left')")
+    decode = options.decode
+    if decode == "auto":
+        decode = "cuda_graph" if device.type == "cuda" else "eager"
+    rows = b * n
+    total = plen + max_new_tokens
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+    eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
+    check_every = options.check_every or (8 if device.type == "cuda" else 1)
+    if stop:
+        check_every = 1
+
+    # Prefill once per distinct prompt, into a cache that fits just the prompts.
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    pre = KVCache(model.config, b, plen, model.dtype, device)
+    out = model(ids, attention_mask=mask, position_ids=positions, kv_cache=pre, logits_to_keep=1)
+    cache = KVCache(model.config, rows, total, model.dtype, device, zero=decode != "eager")
+    cache.copy_repeated(pre, n)
+    del pre
+    logits = out.logits[:, -1].repeat_interleave(n, dim=0)
+    full_mask = torch.cat([mask, mask.new_ones(b, max_new_tokens)], 1).repeat_interleave(n, dim=0)
+    pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
+    seen = None
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.empty(rows, total, dtype=torch.long, device=device)
+        seen[:, :plen] = ids.repeat_interleave(n, dim=0)
+    step_fn = None
+    if decode != "eager":
+        valid = torch.cat([mask.bool(), mask.new_zeros(b, max_new_tokens).bool()], 1)
+        step_fn = StaticDecodeStep(
+            model, cache, valid.repeat_interleave(n, dim=0), cuda_graph=decode == "cuda_graph"
+        )
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    texts: list[list[int]] = [[] for _ in range(rows)] if stop else []
+    pad = torch.tensor(pad_token_id, device=device)
+    for step in range(max_new_tokens):
+        history = seen[:, : plen + step] if seen is not None else ids
+        tok = next_tokens(logits, sampling, history, generator)
+        tok = torch.where(finished, pad, tok)
+        if seen is not None:
+            seen[:, plen + step] = tok
+        now_done = torch.isin(tok, eos) if eos.numel() else torch.zeros_like(finished)
+        if stop:
+            host = tok.tolist()
+            done_host = finished.tolist()
+            hits = []
+            for r in range(rows):
+                if not done_host[r]:
+                    texts[r].append(host[r])
+                    hits.append(stop.hit(texts[r]))
+                else:
+                    hits.append(False)
+            now_done = now_done | torch.tensor(hits, device=device)
+        now_done &= ~finished
+        finished |= now_done
+        yield tok, now_done
+        if step == max_new_tokens - 1:
+            break
+        if (step + 1) % check_every == 0 and bool(finished.all()):
+            break
+        column = plen + step
+        if step_fn is None:
+            out = model(
+                tok[:, None],
+                attention_mask=full_mask[:, : column + 1],
+                position_ids=pos,
+                kv_cache=cache,
+            )
+            logits = out.logits[:, -1]
+        else:
+            logits = step_fn(tok, pos, column)
+        pos = pos + 1
+
+
+@torch.no_grad()  # not inference_mode: GRPO feeds these ids to a forward that keeps them for backward
+def run(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    n: int = 1,
+    max_new_tokens: int = 32,
+    sampling: SamplingConfig | None = None,
+    eos_token_ids: Sequence[int] = (),
+    pad_token_id: int = 0,
+    stop: StopStrings | None = None,
+    seed: int | None = None,
+    options: EngineOptions | None = None,
+    on_step=None,
+) -> GenerationResult:
+    """Generate for every prompt ``n`` times; see `iterate`. ``on_step(tokens, finished)`` streams."""
+    import time
+
+    options = options or EngineOptions()
+    target = _merged_copy(model) if options.merge_lora else model
+    rows = input_ids.shape[0] * n
+    device = model.device
+    steps: list[torch.Tensor] = []
+    ended = torch.full((rows,), -1, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    t_first = None
+    with _eval_mode(target):
+        it = iterate(
+            target,
+            input_ids,
+            attention_mask,
+            n=n,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            eos_token_ids=eos_token_ids,
+            pad_token_id=pad_token_id,
+            stop=stop,
+            seed=seed,
+            options=options,
+        )
+        for i, (tok, done) in enumerate(it):
+            if t_first is None:
+                sync()
+                t_first = time.perf_counter()
+            steps.append(tok)
+            ended = torch.where(done & (ended < 0), torch.full_like(ended, i), ended)
+            finished |= done
+            if on_step is not None:
+                on_step(tok, done)
+    sync()
+    t1 = time.perf_counter()
+    tokens = torch.stack(steps, 1)
+    lengths = torch.where(ended >= 0, ended + 1, torch.full_like(ended, tokens.shape[1]))
+    reasons = ["stop" if f else "length" for f in finished.tolist()]
+    return GenerationResult(
+        tokens=tokens,
+        lengths=lengths,
+        finish_reasons=reasons,
+        n=n,
+        prefill_seconds=(t_first or t1) - t0,
+        decode_seconds=t1 - (t_first or t1),
+        stats={"new_tokens": float(lengths.sum())},
+    )

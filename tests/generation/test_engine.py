@@ -1,0 +1,180 @@
+"""The generation engine against independent oracles: no-cache argmax decoding, each prompt alone,
+repeated prompts, the merged LoRA weights, transformers' logits processors (via `sampling.py`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loris import FastLanguageModel
+from loris.generation import engine
+from loris.generation.sampling import SamplingConfig
+from loris.lora import lora_modules
+from tiny_models import FAMILIES, VOCAB
+
+FAMILY_NAMES = list(FAMILIES)
+
+
+def _load(folder, **kw):
+    kw.setdefault("load_in_4bit", False)
+    model, tok = FastLanguageModel.from_pretrained(str(folder), dtype=torch.float32, device_map="cpu", **kw)
+    return model.eval(), tok
+
+
+def _prompts(seed=0, lengths=(9, 4, 6)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in lengths]
+
+
+@torch.no_grad()
+def _argmax_no_cache(model, prompt: list[int], steps: int) -> list[int]:
+    """The oracle: re-run the whole sequence every step, no cache, no padding."""
+    seq = list(prompt)
+    for _ in range(steps):
+        seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(prompt) :]
+
+
+def _run(model, prompts, **kw):
+    ids, mask = engine.left_pad(prompts, 0)
+    kw.setdefault("max_new_tokens", 10)
+    return engine.run(model, ids, mask, **kw)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_greedy_ragged_batch_equals_no_cache_argmax(family, decode, saved_family):
+    """Ragged, left-padded batch == each prompt alone decoded without a cache (windows of 6 are
+    crossed: 9 + 10 tokens), for the model's forward and for the fixed-shape (graph) step."""
+    _, folder = saved_family(family)
+    model, _ = _load(folder)
+    prompts = _prompts()
+    got = _run(model, prompts, options=engine.EngineOptions(decode=decode)).rows()
+    for prompt, row in zip(prompts, got, strict=True):
+        assert row == _argmax_no_cache(model, prompt, 10)
+
+
+def test_n_samples_share_one_prefill(saved_family):
+    _, folder = saved_family("qwen2")
+    model, _ = _load(folder)
+    prompts = _prompts(lengths=(7, 3))
+    widths = []
+    hook = model.embed_tokens.register_forward_hook(lambda m, i, o: widths.append(tuple(i[0].shape)))
+    try:
+        shared = _run(model, prompts, n=3).rows()
+    finally:
+        hook.remove()
+    assert widths[0] == (2, 7)  # one prefill of the 2 distinct prompts ...
+    assert all(w == (6, 1) for w in widths[1:])  # ... then 2 x 3 rows decode one token a step
+    repeated = _run(model, [p for p in prompts for _ in range(3)]).rows()
+    assert shared == repeated
+
+
+def test_fixed_seed_sampling_reproducible(saved_family):
+    _, folder = saved_family("gemma3")
+    model, _ = _load(folder)
+    cfg = SamplingConfig(
+        do_sample=True, temperature=1.3, top_p=0.95, top_k=50, min_p=0.01, repetition_penalty=1.2
+    )
+    a = _run(model, _prompts(), n=2, sampling=cfg, seed=11).rows()
+    b = _run(model, _prompts(), n=2, sampling=cfg, seed=11).rows()
+    c = _run(model, _prompts(), n=2, sampling=cfg, seed=12).rows()
+    assert a == b and a != c
+    assert a[0] != a[1]  # the n samples of one prompt are drawn independently
+
+
+def test_eos_ends_each_row_on_its_own(saved_family):
+    _, folder = saved_family("llama")
+    model, _ = _load(folder)
+    prompts = _prompts()
+    free = _run(model, prompts).rows()
+    stop_id = free[1][3]  # row 1's 4th token becomes an EOS id
+    res = _run(model, prompts, eos_token_ids=[stop_id], pad_token_id=0)
+    for free_row, row, n, reason in zip(
+        free, res.rows(), res.lengths.tolist(), res.finish_reasons, strict=True
+    ):
+        assert n == len(row)
+        if stop_id in free_row:
+            cut = free_row.index(stop_id) + 1
+            assert row == free_row[:cut] and reason == "stop"
+        else:
+            assert row == free_row and reason == "length"
+    assert res.lengths[1] <= 4
+    assert res.tokens[1, res.lengths[1] :].eq(0).all()
+
+
+def test_stop_strings_end_sequences(saved_family):
+    from loris.generation.fast import fast_generate
+    from loris.generation.params import SamplingParams
+
+    _, folder = saved_family("mistral")
+    model, tok = _load(folder)
+    prompts = _prompts()
+    free = fast_generate(
+        model, prompts, SamplingParams(temperature=0, max_tokens=10, ignore_eos=True), "live"
+    )
+    words = free[0].outputs[0].text.split()
+    stop = " ".join(words[2:4])  # two words in the middle of completion 0
+    out = fast_generate(
+        model, prompts, SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, stop=[stop]), "live"
+    )
+    first = out[0].outputs[0]
+    assert first.finish_reason == "stop" and first.stop_reason == stop
+    assert first.text == free[0].outputs[0].text.split(stop)[0].rstrip(" ") or first.text.endswith(" ")
+    assert stop not in first.text and len(first.token_ids) == 4  # ended on the token completing it
+    for f, o in zip(free[1:], out[1:], strict=True):  # the other rows run on unless they contain it
+        if stop not in f.outputs[0].text:
+            assert o.outputs[0].token_ids == f.outputs[0].token_ids
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_lora_live_equals_merged(family, saved_family):
+    _, folder = saved_family(family)
+    model, _ = _load(folder)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8, use_gradient_checkpointing=False)
+    g = torch.Generator().manual_seed(3)
+    for _, m in lora_modules(model):
+        with torch.no_grad():
+            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.3)
+    model.eval()
+    live = _run(model, _prompts()).rows()
+    merged = _run(model, _prompts(), options=engine.EngineOptions(merge_lora=True)).rows()
+    from loris.lora import adapters_disabled
+
+    with adapters_disabled(model):
+        base = _run(model, _prompts()).rows()
+    assert live == merged and live != base
+    assert not any(m.merged for _, m in lora_modules(model))  # the live model was left as it was
+
+
+def test_four_bit_base_with_lora(saved_family):
+    _, folder = saved_family("llama")
+    model, _ = _load(folder, load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8, use_gradient_checkpointing=False)
+    model.eval()
+    prompts = _prompts(lengths=(7, 3))
+    rows = _run(model, prompts, max_new_tokens=5, options=engine.EngineOptions(decode="static")).rows()
+    assert rows == [_argmax_no_cache(model, p, 5) for p in prompts]
+
+
+def test_fast_generate_outputs_and_stream(saved_family):
+    from loris.generation.fast import fast_generate, stream_chat
+    from loris.generation.params import SamplingParams
+
+    _, folder = saved_family("phi3")
+    model, tok = _load(folder)
+    outs = model.fast_generate(["w5 w6 w7", [9, 10, 11]], SamplingParams(temperature=0, max_tokens=6, n=2))
+    assert len(outs) == 2 and all(len(o.outputs) == 2 for o in outs)
+    assert outs[0].outputs[0].token_ids == outs[0].outputs[1].token_ids  # greedy: equal samples
+    assert outs[0].outputs[0].text == tok.decode(outs[0].outputs[0].token_ids, skip_special_tokens=True)
+    assert outs[1].prompt_token_ids == [9, 10, 11]
+    same = fast_generate(model, [[9, 10, 11]], SamplingParams(temperature=0, max_tokens=6))
+    assert same[0].outputs[0].token_ids == outs[1].outputs[0].token_ids
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    pieces = list(
+        stream_chat(
+            model, tok, [{"role": "user", "content": "w5 w6 w7"}], SamplingParams(temperature=0, max_tokens=6)
+        )
+    )
+    whole = fast_generate(model, ["w5 w6 w7 "], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0]
+    assert "".join(pieces) == whole.text and len(pieces) > 1
