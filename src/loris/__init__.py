@@ -15,10 +15,15 @@ _LAZY = {
     "SFTTrainer": "loris.trainers.sft",
     "UnslothTrainer": "loris.trainers.sft",
     "UnslothTrainingArguments": "loris.trainers.sft",
+    "GRPOConfig": "loris.trainers.grpo",
+    "GRPOTrainer": "loris.trainers.grpo",
+    "SamplingParams": "loris.generation.params",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from loris.api import FastLanguageModel, FastModel, is_bfloat16_supported  # noqa: F401
+    from loris.generation.params import SamplingParams  # noqa: F401
+    from loris.trainers.grpo import GRPOConfig, GRPOTrainer  # noqa: F401
     from loris.trainers.sft import (  # noqa: F401
         SFTConfig,
         SFTTrainer,
