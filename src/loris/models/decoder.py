@@ -359,13 +359,20 @@ class LorisForCausalLM(nn.Module):
         push_to_hub: bool = False,
         token=None,
         max_shard_size="5GB",
+        private=None,
         **_: object,
     ):
-        """Unsloth's name: LoRA merged into 16-bit (or NF4-forced) safetensors; see `loris.export.hf`."""
+        """Unsloth's name: LoRA merged into 16-bit (or NF4-forced) safetensors; see `loris.export.hf`.
+
+        With ``push_to_hub=True``, ``save_directory`` is the Hub repo id (as in Unsloth)."""
         if push_to_hub:
-            raise NotImplementedError(
-                "push_to_hub=True is not handled here yet: save locally, then upload the folder with "
-                "huggingface_hub.upload_folder(repo_id=..., folder_path=save_directory, token=...)."
+            return self.push_to_hub_merged(
+                save_directory,
+                tokenizer,
+                save_method,
+                token=token,
+                private=private,
+                max_shard_size=max_shard_size,
             )
         from loris.export.hf import save_merged
 
@@ -390,6 +397,67 @@ class LorisForCausalLM(nn.Module):
             tokenizer if tokenizer is not None else getattr(self, "tokenizer", None),
             quantization_method=quantization_method,
             first_conversion=first_conversion,
+        )
+
+    # ---- Hub uploads (see loris.export.hub) ------------------------------------------------------
+
+    def push_to_hub(
+        self, repo_id, tokenizer=None, token=None, private=None, commit_message=None, **_: object
+    ):
+        """Upload the LoRA adapter (PEFT format) with a model card; ``token`` defaults to HF_TOKEN / login."""
+        from loris.export.hub import push_adapter
+
+        tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
+        return push_adapter(
+            self, repo_id, tokenizer, token=token, private=private, commit_message=commit_message
+        )
+
+    def push_to_hub_merged(
+        self,
+        repo_id,
+        tokenizer=None,
+        save_method: str = "merged_16bit",
+        token=None,
+        private=None,
+        commit_message=None,
+        max_shard_size="5GB",
+        **_: object,
+    ):
+        """Unsloth's name: upload what ``save_pretrained_merged`` writes, with a model card."""
+        from loris.export.hub import push_merged
+
+        return push_merged(
+            self,
+            repo_id,
+            tokenizer if tokenizer is not None else getattr(self, "tokenizer", None),
+            save_method=save_method,
+            token=token,
+            private=private,
+            commit_message=commit_message,
+            max_shard_size=max_shard_size,
+        )
+
+    def push_to_hub_gguf(
+        self,
+        repo_id,
+        tokenizer=None,
+        quantization_method="fast_quantized",
+        token=None,
+        private=None,
+        commit_message=None,
+        **_: object,
+    ):
+        """Unsloth's name: upload ``<name>.<QUANT>.gguf`` file(s), the Modelfile and a model card."""
+        from loris.export.hub import push_gguf
+
+        return push_gguf(
+            self,
+            repo_id,
+            tokenizer if tokenizer is not None else getattr(self, "tokenizer", None),
+            quantization_method=quantization_method,
+            token=token,
+            private=private,
+            commit_message=commit_message,
         )
 
     def disable_adapter(self):
