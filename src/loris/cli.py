@@ -17,6 +17,146 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------- loris export
+
+
+def _export_plan(args: argparse.Namespace) -> list[str]:
+    """The requested artifacts in writing order: merged_16bit, merged_4bit_forced, gguf."""
+    plan = []
+    if args.merged_16bit:
+        plan.append("merged_16bit")
+    if args.merged_4bit:
+        plan.append("merged_4bit_forced")
+    if args.gguf:
+        plan.append("gguf")
+    return plan
+
+
+def _size(path: Path) -> int:
+    return (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`loris export MODEL_OR_ADAPTER --out DIR ...`: merged safetensors, GGUF files, Hub uploads."""
+    from loris.export.diskspace import NotEnoughDiskSpace, ensure_free_space, estimate_bytes, format_size
+    from loris.export.gguf_quants import resolve_quantization_methods
+    from loris.export.hub import HubUploadError, check_can_upload
+
+    plan = _export_plan(args)
+    if not plan and not args.push_to_hub:
+        raise SystemExit(
+            "loris export: nothing to export: pass --merged-16bit, --merged-4bit and/or --gguf METHOD ... "
+            "(and --push-to-hub REPO to upload)"
+        )
+    try:
+        if args.gguf:
+            resolve_quantization_methods(args.gguf)  # fail before loading the model
+        if args.push_to_hub:
+            args.token = check_can_upload(args.push_to_hub, args.token)
+    except (ValueError, HubUploadError) as err:
+        raise SystemExit(f"loris export: {err}") from None
+    source = Path(args.model)
+    if not source.exists():
+        raise SystemExit(
+            f"loris export: {source} does not exist: pass a saved adapter or model folder (or a .gguf file)"
+        )
+
+    from loris.api import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(str(source), load_in_4bit=False)
+    out = Path(args.out)
+    methods = resolve_quantization_methods(args.gguf, model.dtype) if args.gguf else []
+    formats = [p for p in plan if p != "gguf"] + methods
+    try:
+        ensure_free_space(
+            out, estimate_bytes(model, formats), f"loris export ({', '.join(formats)}) to {out}"
+        )
+        written = _write_artifacts(model, tokenizer, plan, methods, out, _artifact_name(source))
+        if args.push_to_hub:
+            _push_artifacts(model, written, args, plan)
+    except (NotEnoughDiskSpace, HubUploadError, ValueError) as err:
+        raise SystemExit(f"loris export: {err}") from None
+    for what, path in written:
+        print(f"{what}: {path} ({format_size(_size(path))})")
+    return 0
+
+
+def _artifact_name(source: Path) -> str:
+    stem = source.stem if source.suffix == ".gguf" else source.resolve().name
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in stem) or "model"
+
+
+def _write_artifacts(model, tokenizer, plan, methods, out: Path, name: str) -> list[tuple[str, Path]]:
+    from loris.export.gguf import save_gguf
+    from loris.export.hf import save_merged
+
+    written: list[tuple[str, Path]] = []
+    for what in plan:
+        if what == "gguf":
+            for path in save_gguf(model, out / "gguf", tokenizer, quantization_method=methods, name=name):
+                written.append((f"gguf {path.name.split('.')[-2].lower()}", path))
+            if (out / "gguf" / "Modelfile").exists():
+                written.append(("ollama Modelfile", out / "gguf" / "Modelfile"))
+        else:
+            written.append((what, save_merged(model, out / what, tokenizer, save_method=what)))
+    return written
+
+
+def _push_artifacts(model, written, args: argparse.Namespace, plan: list[str]) -> None:
+    """Upload each written folder: the first artifact to REPO, further ones to REPO-bnb-4bit / REPO-GGUF."""
+    from loris.export.hub import push_adapter, upload_folder, write_model_card
+
+    repo = args.push_to_hub
+    if not plan:
+        info = push_adapter(
+            model, repo, getattr(model, "tokenizer", None), token=args.token, private=args.private
+        )
+        print(f"uploaded the adapter to {repo}: {info.commit_url}")
+        return
+    suffixes = {"merged_16bit": "", "merged_4bit_forced": "-bnb-4bit", "gguf": "-GGUF"}
+    folders = {"gguf": Path(args.out) / "gguf", **{w: p for w, p in written if w.startswith("merged")}}
+    for i, what in enumerate(plan):
+        repo_id = repo if i == 0 else repo + suffixes[what]
+        folder = folders[what]
+        kind = "gguf" if what == "gguf" else "merged"
+        ggufs = sorted(folder.glob("*.gguf")) if kind == "gguf" else ()
+        write_model_card(
+            folder, model, repo_id, kind, **({"gguf_files": ggufs} if ggufs else {"method": what})
+        )
+        info = upload_folder(
+            folder, repo_id, args.token, args.private, f"Upload {what} made with loris export"
+        )
+        print(f"uploaded {what} to {repo_id}: {info.commit_url}")
+
+
+def add_export_parser(sub) -> None:
+    export = sub.add_parser(
+        "export",
+        help="merged safetensors / GGUF (+ Ollama Modelfile) from a saved adapter or model; Hub upload",
+    )
+    export.add_argument(
+        "model", metavar="MODEL_OR_ADAPTER", help="a saved adapter folder (loads its base) or model folder"
+    )
+    export.add_argument("--out", required=True, help="output folder (one subfolder per artifact)")
+    export.add_argument("--merged-16bit", action="store_true", help="LoRA merged into 16-bit safetensors")
+    export.add_argument(
+        "--merged-4bit", action="store_true", help="merged, then NF4 (bitsandbytes) safetensors"
+    )
+    export.add_argument(
+        "--gguf", nargs="+", metavar="METHOD", help="GGUF quant methods, e.g. q4_k_m q8_0 f16"
+    )
+    export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repo (user/name)")
+    export.add_argument(
+        "--token", default=None, help="Hub token (default: HF_TOKEN or huggingface-cli login)"
+    )
+    export.add_argument("--private", action="store_true", default=None, help="create the Hub repo as private")
+    export.set_defaults(func=cmd_export)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """`loris demo` (SFT on dates → ISO 8601) and `loris demo grpo`."""
     if args.task == "grpo":
@@ -78,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-steps", type=int, default=None)
     demo.add_argument("--quick", action="store_true", help="a few steps only (used by the tests)")
     demo.set_defaults(func=cmd_demo)
+    add_export_parser(sub)
     train = sub.add_parser(
         "train", help="supervised fine-tuning from a YAML recipe (model, lora, data, train, save)"
     )

@@ -338,6 +338,12 @@ def save_gguf(
         )
     methods = resolve_methods(quantization_method, model.dtype)
     folder = Path(save_directory)
+    # -- free-space check before writing (loris.export.diskspace) --
+    from loris.export.diskspace import ensure_free_space, estimate_bytes
+
+    ensure_free_space(
+        folder, estimate_bytes(model, methods), f"the GGUF export ({', '.join(methods)}) to {folder}"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     outputs = {m: folder / gguf_filename(name, m) for m in methods}
     paths = convert_to_gguf(model, outputs, tokenizer)

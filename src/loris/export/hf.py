@@ -95,6 +95,10 @@ def save_merged(
     out_dtype = dtype or model.dtype
     if out_dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"dtype {out_dtype} is not a float type; use torch.float16, bfloat16 or float32")
+    # -- free-space check before writing (loris.export.diskspace) --
+    from loris.export.diskspace import ensure_free_space, estimate_bytes
+
+    ensure_free_space(out, estimate_bytes(model, [method], out_dtype), f"the {method} export to {out}")
     plan, source = merged_plan_for_export(model)
     message = f"loris: merging LoRA into {source}"
     logger.info(message)
