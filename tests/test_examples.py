@@ -1,0 +1,95 @@
+"""Everything under examples/ works: each YAML recipe loads and validates (its data source too), and
+each notebook script runs 2 steps on a tiny model folder."""
+
+from __future__ import annotations
+
+import runpy
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+RECIPES = sorted(EXAMPLES.rglob("*.yaml"))
+NOTEBOOKS = sorted((EXAMPLES / "notebooks").glob("*.py"))
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """Tiny matmuls run far faster on one thread when the CPU is shared (OpenMP barriers spin)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_there_are_examples():
+    assert any(p.name == "demo_sft.yaml" for p in RECIPES)
+    assert {p.name for p in NOTEBOOKS} >= {"llama31_alpaca.py", "llama32_conversational.py"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(EXAMPLES)))
+def test_recipe_validates_and_its_data_loads(path):
+    from loris.train_recipe import format_rows, load_recipe, load_rows
+
+    recipe = load_recipe(path)
+    assert recipe.train.max_steps > 0 or recipe.train.num_train_epochs > 0
+    if recipe.model.name_or_path.startswith("pkg:"):
+        try:
+            assert Path(recipe.model.resolved_path()).is_file()
+        except ValueError as exc:  # the optional demo model package is not installed here
+            pytest.skip(str(exc))
+    rows = load_rows(recipe)
+    assert len(rows) > 0
+    if recipe.data.formatting == "chat":
+        column = recipe.data.text_field or "messages"
+        assert all(m["role"] in ("system", "user", "assistant") for m in rows[0][column])
+    else:
+        _, column = format_rows(recipe, rows, tokenizer=None)
+        assert isinstance(rows[0][column], str)
+
+
+def chat_tiny_model(saved_family, folder: Path) -> Path:
+    """The tiny llama with a word-level tokenizer that also knows Llama-3's header tokens (same 160 ids).
+
+    Its decoder glues tokens together, so a header marker decodes back to itself (the whitespace-split
+    vocabulary has no newline token), as it does with Llama-3's own tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    shutil.copytree(saved_family("llama")[1], folder)
+    special = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({f"w{i}": i for i in range(4, 150)})
+    vocab.update({"user": 150, "assistant": 151, "system": 152})
+    vocab.update({tok: 153 + i for i, tok in enumerate(special)})
+    vocab.update({f"w{i}": i for i in range(157, 160)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<pad>", additional_special_tokens=special)  # fmt: skip
+    assert len(tok) == 160
+    tok.save_pretrained(folder)
+    return folder
+
+
+def run_script(path: Path, argv: list[str]) -> None:
+    module = runpy.run_path(str(path), run_name="example")  # defines main() without running it
+    module["main"](argv)
+
+
+def test_notebook_scripts_run_two_steps(saved_family, tmp_path, capsys):
+    model = chat_tiny_model(saved_family, tmp_path / "model")
+    for script in NOTEBOOKS:
+        out = tmp_path / script.stem
+        run_script(script, ["--model", str(model), "--max-steps", "2", "--max-new-tokens", "4",
+                            "--output-dir", str(out)])  # fmt: skip
+        printed = capsys.readouterr().out
+        assert "seconds used for training" in printed, script.name
+        assert "'step': 2" in printed, script.name
+        assert (out / "lora_model" / "adapter_config.json").is_file(), script.name
+        assert (out / "checkpoints" / "loss.png").is_file(), script.name
+    assert "this model has no Llama-3 header tokens" not in printed  # it used the notebook's template
