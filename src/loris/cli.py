@@ -59,10 +59,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             args.token = check_can_upload(args.push_to_hub, args.token)
     except (ValueError, HubUploadError) as err:
         raise SystemExit(f"loris export: {err}") from None
+    import re
+
     source = Path(args.model)
-    if not source.exists():
+    if not source.exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.model):
         raise SystemExit(
-            f"loris export: {source} does not exist: pass a saved adapter or model folder (or a .gguf file)"
+            f"loris export: {source} does not exist: pass a saved adapter or model folder, a .gguf file "
+            "or a Hub repo id (user/name)"
         )
 
     from loris.api import FastLanguageModel
@@ -139,7 +142,9 @@ def add_export_parser(sub) -> None:
         help="merged safetensors / GGUF (+ Ollama Modelfile) from a saved adapter or model; Hub upload",
     )
     export.add_argument(
-        "model", metavar="MODEL_OR_ADAPTER", help="a saved adapter folder (loads its base) or model folder"
+        "model",
+        metavar="MODEL_OR_ADAPTER",
+        help="a saved adapter folder (loads its base), a model folder, a .gguf file or a Hub repo id",
     )
     export.add_argument("--out", required=True, help="output folder (one subfolder per artifact)")
     export.add_argument("--merged-16bit", action="store_true", help="LoRA merged into 16-bit safetensors")

@@ -276,3 +276,19 @@ def test_bad_repo_id(lora_model, isolated_auth):
     model, tok = lora_model
     with pytest.raises(HubUploadError, match="not a Hub repo id"):
         model.push_to_hub("me/has space", tok, token=TOKEN)
+
+
+def test_model_card_names_a_hub_base_model_and_its_license(lora_model, tmp_path):
+    from loris.export.hub import model_card
+
+    model, _ = lora_model
+    model.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.source_folder = tmp_path
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\ntags: [x]\n---\n# base\n")
+    card = model_card(model, "me/smol-lora", "merged", method="merged_16bit")
+    meta = _front_matter(card.encode())
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["license"] == "apache-2.0" and meta["library_name"] == "transformers"
+    assert 'AutoModelForCausalLM.from_pretrained("me/smol-lora")' in card
+    assert "loris export me/smol-lora --out smol-lora --gguf q4_k_m" in card
+    assert "ollama create smol-lora -f Modelfile" in card

@@ -358,9 +358,9 @@ def _usage(repo_id: str, kind: str, gguf_files: Sequence[Path]) -> list[str]:
         "",
         "llama.cpp / Ollama: export GGUF files with loris and run them there:",
         "```bash",
-        f"loris export {repo_id} --out gguf --gguf q4_k_m",
-        "llama-cli -m gguf/model.Q4_K_M.gguf",
-        "cd gguf && ollama create my-model -f Modelfile",
+        f"loris export {repo_id} --out {repo_id.split('/')[-1]} --gguf q4_k_m",
+        f"llama-cli -m {repo_id.split('/')[-1]}/gguf/{repo_id.split('/')[-1]}.Q4_K_M.gguf",
+        f"cd {repo_id.split('/')[-1]}/gguf && ollama create {repo_id.split('/')[-1].lower()} -f Modelfile",
         "```",
     ]
 
