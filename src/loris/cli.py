@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-steps", type=int, default=None)
     demo.add_argument("--quick", action="store_true", help="a few steps only (used by the tests)")
     demo.set_defaults(func=cmd_demo)
+    from loris.generation.chat_cli import add_chat_parser
+
+    add_chat_parser(sub)
     add_export_parser(sub)
     train = sub.add_parser(
         "train", help="supervised fine-tuning from a YAML recipe (model, lora, data, train, save)"
