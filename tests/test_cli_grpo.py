@@ -53,11 +53,16 @@ def test_grpo_demo_rewards_are_verifiable():
     assert format_reward(None, ["<answer>twelve</answer>"]) == [0.5]
 
 
+@pytest.mark.slow  # minutes of CPU generation: run with --runslow
 def test_grpo_demo_quick(tmp_path):
     from loris.demos.grpo_demo import GRPODemoSettings, run
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    result = run(GRPODemoSettings.quick(str(_smollm2()), str(tmp_path)))
+    try:
+        result = run(GRPODemoSettings.quick(str(_smollm2()), str(tmp_path)))
+    finally:
+        torch.set_num_threads(threads)
     assert len(result["train_rewards"]) == 2 and 0.0 <= result["before"] <= 3.0
     assert (tmp_path / "reward.png").is_file()
 
