@@ -75,10 +75,11 @@ def test_peft_adapter_loads_into_loris(family, rslora, saved_family, tmp_path):
     assert (got - ref).abs().max().item() <= 1e-4
 
 
-def test_lora_gradients_match_peft(saved_family, tmp_path):
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen3"])
+def test_lora_gradients_match_peft(family, saved_family, tmp_path):
     from peft import PeftModel
 
-    hf, folder = saved_family("qwen3")
+    hf, folder = saved_family(family)
     model, _ = _load(folder)
     model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, use_gradient_checkpointing=False)
     _randomise_b(model, seed=3)
@@ -94,13 +95,14 @@ def test_lora_gradients_match_peft(saved_family, tmp_path):
     ours = {name: m for name, m in lora_modules(model)}
     checked = 0
     for name, p in peft_model.named_parameters():
-        if "lora_A" not in name:
+        part = "lora_A" if ".lora_A." in name else "lora_B" if ".lora_B." in name else None
+        if part is None:
             continue
-        loris_name = name.split("base_model.model.model.")[1].split(".lora_A")[0]
-        mod = ours[loris_name]
-        torch.testing.assert_close(mod.lora_A.grad, p.grad, rtol=1e-4, atol=1e-6)
+        loris_name = name.split("base_model.model.model.")[1].split(f".{part}")[0]
+        ours_grad = getattr(ours[loris_name], part).grad
+        torch.testing.assert_close(ours_grad, p.grad, rtol=1e-4, atol=1e-6)
         checked += 1
-    assert checked == 7 * model.config.num_layers
+    assert checked == 2 * 7 * model.config.num_layers
     peft_model.unload()
 
 
