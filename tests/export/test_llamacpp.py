@@ -42,6 +42,7 @@ FLOAT_METHODS = ["f32", "f16", "bf16"]
 LEGACY_METHODS = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
 K_METHODS = ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k"]
 ALL_METHODS = FLOAT_METHODS + LEGACY_METHODS + K_METHODS
+FAMILY_METHODS = ["f32", "f16", "q8_0", *K_METHODS]  # per family by default; ALL_METHODS at hidden 256
 # methods grouped by their main type's bits: the mean error of a group must fall as the bits rise
 BIT_TIERS = {
     2: ["q2_k"],
@@ -171,8 +172,10 @@ def _open(path: Path, **kw):
     return llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, n_batch=256, verbose=False, **kw)
 
 
-def _llamacpp_logits(path: Path, ids: list[int]) -> np.ndarray:
-    llm = _open(path, logits_all=True)
+def _llamacpp_logits(path: Path, ids: list[int], kv_f32: bool = False) -> np.ndarray:
+    """llama.cpp's logits at every position; ``kv_f32``: an F32 KV cache (the default is F16)."""
+    kv = dict(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32) if kv_f32 else {}
+    llm = _open(path, logits_all=True, **kv)
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float64)
@@ -185,7 +188,10 @@ def _rel(got: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _export_and_compare(tmp_path: Path, kw: dict, methods: list[str]) -> dict[str, tuple[float, float]]:
-    """method → (max |logit diff|, relative error) of llama.cpp vs loris on PROMPT."""
+    """method → (max |logit diff|, relative error) of llama.cpp vs loris on PROMPT.
+
+    f32 runs with an F32 KV cache (so only arithmetic order differs); every other method with
+    llama.cpp's default F16 cache, as users run it."""
     folder = tmp_path / "tiny"  # a neutral general.name (see the module docstring)
     model, tok = _lora_model(folder, kw)
     paths = save_gguf(model, tmp_path / "out", tok, quantization_method=methods)
@@ -195,7 +201,7 @@ def _export_and_compare(tmp_path: Path, kw: dict, methods: list[str]) -> dict[st
         ref = model(torch.tensor([ids])).logits[0].double().numpy()
     out = {}
     for method, path in zip(methods, paths, strict=True):
-        got = _llamacpp_logits(path, ids)
+        got = _llamacpp_logits(path, ids, kv_f32=method == "f32")
         out[method] = (float(np.abs(got - ref).max()), _rel(got, ref))
     return out
 
@@ -203,8 +209,9 @@ def _export_and_compare(tmp_path: Path, kw: dict, methods: list[str]) -> dict[st
 def _check_errors(errors: dict[str, tuple[float, float]], family: str) -> None:
     """Bounds measured on these tiny random models (see benchmarks/results/gguf_llamacpp_smollm2.md)."""
     print(family, {m: f"{d:.2g}/{r:.2g}" for m, (d, r) in errors.items()})
-    assert errors["f32"][0] <= 2e-3, errors["f32"]  # gemma's tanh-GELU is the largest (~1e-3)
-    assert errors["f32"][1] <= 1.5e-3, errors["f32"]
+    # ggml's GELU reads an F16 table, so Gemma's f32 error is ~1e-3; the others agree to ~1e-7
+    f32_max = 2e-3 if family.startswith("gemma") else 1e-5
+    assert errors["f32"][0] <= f32_max, errors["f32"]
     assert errors["f16"][0] <= 5e-3 and errors["f16"][1] <= 3e-3, errors["f16"]
     if "bf16" in errors:
         assert errors["bf16"][1] <= 0.02, errors["bf16"]
@@ -227,7 +234,7 @@ def _check_monotone(errors: dict[str, tuple[float, float]]) -> None:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_method_loads_and_matches(family, tmp_path):
     """Hidden 64: K-quant methods fall back to legacy block types for most tensors; all must load."""
-    errors = _export_and_compare(tmp_path, FAMILIES[family], ALL_METHODS)
+    errors = _export_and_compare(tmp_path, FAMILIES[family], FAMILY_METHODS)
     _check_errors(errors, family)
 
 
@@ -336,8 +343,8 @@ def _llamacpp_greedy(path: Path, ids: list[int], n: int) -> list[int]:
 def test_smollm2_greedy_continuation(smollm2):
     model, tok, _, paths = smollm2
     chat = [{"role": "user", "content": "Name three colours of the rainbow."}]
-    ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-    ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
     n = 16
     want = _loris_greedy(model, ids, n)
     agreement = {}
