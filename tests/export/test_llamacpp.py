@@ -326,7 +326,7 @@ def _loris_greedy(model, ids: list[int], n: int) -> list[int]:
 
 
 def _llamacpp_greedy(path: Path, ids: list[int], n: int) -> list[int]:
-    llm = _open(path, logits_all=False)
+    llm = _open(path, logits_all=True)  # without it llama-cpp-python 0.3.36 leaves `scores` unset
     try:
         llm.eval(ids)
         out = []
