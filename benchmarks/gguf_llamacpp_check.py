@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import importlib.metadata
 import pathlib
 import platform
 import tempfile
@@ -194,7 +195,7 @@ def write_markdown(path, rows, source, n_tokens, export_s) -> None:
         "",
         f"- date: {datetime.date.today().isoformat()}; CPU: {_cpu_name()} (llama.cpp and torch on 1 thread)",
         f"- llama-cpp-python {llama_cpp.__version__} (llama.cpp built with GGML_NATIVE=off); "
-        f"gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}; torch {torch.__version__}",
+        f"gguf {importlib.metadata.version('gguf')}; torch {torch.__version__}",
         f"- source: `{source.name}` (the bundled demo model) loaded by loris in float32, re-exported with "
         f"`save_gguf` to every method in one conversion ({export_s:.0f} s for {len(rows)} files, 1 torch "
         "thread, on a CPU shared with other jobs)",
