@@ -369,3 +369,30 @@ def test_smollm2_greedy_continuation(smollm2):
     print("greedy tokens equal before the first difference:", agreement, repr(tok.decode(want)))
     assert agreement["f16"] == n, agreement
     assert agreement["q8_0"] >= 4, agreement
+
+
+# ---------------------------------------------------------------------------------- backend="llama.cpp"
+
+
+def test_llamacpp_backend_writes_the_same_tensors_as_loris(tmp_path):
+    """backend="llama.cpp" quantizes with llama.cpp's own quantizer (from an F16 intermediate, so its
+    input is rounded where loris quantizes the merged fp32 weights): same tensor types, and the two
+    files decode to weights that differ by no more than the quantization error itself."""
+    import gguf
+    from gguf.quants import dequantize
+
+    model, tok = _lora_model(tmp_path / "tiny", {**FAMILIES["llama"], **K_SIZES, "num_hidden_layers": 2})
+    methods = ["q4_k_m", "q8_0"]
+    ours = save_gguf(model, tmp_path / "loris", tok, quantization_method=methods)
+    theirs = save_gguf(model, tmp_path / "llamacpp", tok, quantization_method=methods, backend="llama.cpp")
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.name == b.name
+        ta = {t.name: t for t in gguf.GGUFReader(str(a)).tensors}
+        tb = {t.name: t for t in gguf.GGUFReader(str(b)).tensors}
+        assert ta.keys() == tb.keys()
+        for name, t in ta.items():
+            assert t.tensor_type == tb[name].tensor_type, name
+            wa = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float64)
+            wb = dequantize(np.asarray(tb[name].data), t.tensor_type).astype(np.float64)
+            assert np.linalg.norm(wa - wb) <= 0.1 * np.linalg.norm(wb) + 1e-12, name
+    assert not list((tmp_path / "llamacpp").glob(".llamacpp-*"))  # the F16 intermediate is gone

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,12 +327,16 @@ def save_gguf(
     quantization_method: str | Sequence[str] | None = "fast_quantized",
     first_conversion: str | None = None,
     name: str = "model",
+    backend: str = "loris",
 ) -> list[Path]:
     """Write ``<save_directory>/<name>.<QUANT>.gguf`` per method, plus an Ollama ``Modelfile`` when possible.
 
     ``first_conversion`` (Unsloth's intermediate 16-bit file) is not needed: every method is encoded
-    straight from the merged 16-bit tensors.
+    straight from the merged 16-bit tensors. ``backend="llama.cpp"`` (needs llama-cpp-python) writes one
+    F16 file with loris' converter and quantizes it with llama.cpp's own ``llama_model_quantize``.
     """
+    if backend not in ("loris", "llama.cpp"):
+        raise ValueError(f"backend={backend!r}: use 'loris' (no llama.cpp needed) or 'llama.cpp'")
     if first_conversion is not None:
         logger.info(
             "first_conversion=%r ignored: loris quantizes straight from the merged tensors", first_conversion
@@ -346,9 +351,42 @@ def save_gguf(
     )
     folder.mkdir(parents=True, exist_ok=True)
     outputs = {m: folder / gguf_filename(name, m) for m in methods}
-    paths = convert_to_gguf(model, outputs, tokenizer)
+    if backend == "llama.cpp":
+        paths = _convert_with_llamacpp(model, outputs, tokenizer)
+    else:
+        paths = convert_to_gguf(model, outputs, tokenizer)
     _write_modelfile(folder, tokenizer, paths[0].name)
     return paths
+
+
+def _convert_with_llamacpp(model, outputs: dict[str, Path], tokenizer: Any) -> list[Path]:
+    """Float methods from loris' converter; quantized ones by llama.cpp from one F16 file."""
+    import ctypes
+
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ImportError(
+            "backend='llama.cpp' needs llama-cpp-python (pip install 'loris[gguf-check]'); "
+            "the default backend='loris' writes the same blocks without it"
+        ) from e
+    floats = {m: p for m, p in outputs.items() if m in ("f32", "f16", "bf16")}
+    quants = {m: p for m, p in outputs.items() if m not in floats}
+    folder = next(iter(outputs.values())).parent
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".llamacpp-") as tmp:
+        f16 = floats.get("f16") or Path(tmp) / "source.F16.gguf"
+        convert_to_gguf(model, {**floats, "f16": f16}, tokenizer)
+        for method, path in quants.items():
+            partial = Path(tmp) / path.name
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = int(_quants().file_type_for(method))
+            rc = llama_cpp.llama_model_quantize(
+                str(f16).encode(), str(partial).encode(), ctypes.byref(params)
+            )
+            if rc != 0:
+                raise RuntimeError(f"llama.cpp's quantizer failed for {method} (return code {rc})")
+            os.replace(partial, path)
+    return list(outputs.values())
 
 
 def _write_modelfile(folder: Path, tokenizer: Any, gguf_name: str) -> None:

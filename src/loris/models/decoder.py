@@ -386,9 +386,12 @@ class LorisForCausalLM(nn.Module):
         tokenizer=None,
         quantization_method="fast_quantized",
         first_conversion=None,
+        backend: str = "loris",
         **_: object,
     ):
-        """Unsloth's name: GGUF file(s) ``<name>.<QUANT>.gguf`` (+ Modelfile); see `loris.export.gguf`."""
+        """Unsloth's name: GGUF file(s) ``<name>.<QUANT>.gguf`` (+ Modelfile); see `loris.export.gguf`.
+
+        ``backend="llama.cpp"`` quantizes with llama-cpp-python's quantizer instead of loris' own."""
         from loris.export.gguf import save_gguf
 
         return save_gguf(
@@ -397,6 +400,7 @@ class LorisForCausalLM(nn.Module):
             tokenizer if tokenizer is not None else getattr(self, "tokenizer", None),
             quantization_method=quantization_method,
             first_conversion=first_conversion,
+            backend=backend,
         )
 
     # ---- Hub uploads (see loris.export.hub) ------------------------------------------------------
