@@ -11,35 +11,11 @@ import torch
 from loris import FastLanguageModel
 from loris.cli import main
 from loris.lora import lora_modules
+from tiny_models import save_bpe_llama
 
 
 def _bpe_llama(folder):
-    """A tiny llama with a byte-level BPE tokenizer (GGUF needs BPE or SentencePiece, not WordLevel)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    from loris.chat_templates import get_chat_template
-    from tiny_models import hf_config
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=280,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-    )
-    tok.train_from_iterator(["hello world, the quick brown fox"] * 20, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    get_chat_template(fast, "chatml")  # a template loris writes as an Ollama TEMPLATE
-    cfg = hf_config("llama")
-    cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 288, 0, 2, 0
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    return save_bpe_llama(folder, "chatml")
 
 
 def _save_adapter(base_folder, out, seed=1):

@@ -112,3 +112,36 @@ def save_tiny(model, folder) -> None:
     """Save a transformers model with the tiny tokenizer beside it, as a Hub checkpoint folder looks."""
     model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
+
+
+def save_bpe_llama(folder, chat_template: str | None = None):
+    """A tiny llama saved with a byte-level BPE tokenizer (GGUF needs BPE or SentencePiece, not WordLevel).
+
+    ``chat_template``: a Jinja string, or a loris template name applied with `get_chat_template`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=280,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    )
+    tok.train_from_iterator(["hello world, the quick brown fox"] * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    if chat_template is not None and "{%" in chat_template:
+        fast.chat_template = chat_template
+    elif chat_template is not None:
+        from loris.chat_templates import get_chat_template
+
+        get_chat_template(fast, chat_template)
+    cfg = hf_config("llama")
+    cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 288, 0, 2, 0
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

@@ -13,6 +13,7 @@ from hub_server import FakeHub
 from loris import FastLanguageModel
 from loris.export.hub import HubUploadError
 from loris.lora import lora_modules
+from tiny_models import save_bpe_llama
 
 TOKEN = "hf_test_token_123"
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -66,31 +67,7 @@ def hub(monkeypatch, no_network, isolated_auth):
 
 
 def _bpe_llama(folder):
-    """A tiny llama with a byte-level BPE tokenizer (GGUF needs BPE or SentencePiece, not WordLevel)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    from tiny_models import hf_config
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=280,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-    )
-    tok.train_from_iterator(["hello world, the quick brown fox"] * 20, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    fast.chat_template = TEMPLATE
-    cfg = hf_config("llama")
-    cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 288, 0, 2, 0
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    return save_bpe_llama(folder, TEMPLATE)
 
 
 @pytest.fixture
