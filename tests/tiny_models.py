@@ -114,25 +114,33 @@ def save_tiny(model, folder) -> None:
     tiny_tokenizer().save_pretrained(folder)
 
 
-def save_bpe_llama(folder, chat_template: str | None = None):
-    """A tiny llama saved with a byte-level BPE tokenizer (GGUF needs BPE or SentencePiece, not WordLevel).
-
-    ``chat_template``: a Jinja string, or a loris template name applied with `get_chat_template`."""
+def tiny_bpe_tokenizer(corpus: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on ``corpus`` (GGUF needs BPE or SentencePiece, not WordLevel),
+    with ChatML's special tokens: <|endoftext|> = BOS/pad, <|im_end|> = EOS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=280,
+        vocab_size=vocab_size,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
     )
-    tok.train_from_iterator(["hello world, the quick brown fox"] * 20, trainer)
-    fast = PreTrainedTokenizerFast(
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
+
+
+def save_bpe_llama(folder, chat_template: str | None = None):
+    """A tiny llama saved with a byte-level BPE tokenizer.
+
+    ``chat_template``: a Jinja string, or a loris template name applied with `get_chat_template`."""
+    from transformers import AutoModelForCausalLM
+
+    fast = tiny_bpe_tokenizer(["hello world, the quick brown fox"] * 20, vocab_size=280)
     if chat_template is not None and "{%" in chat_template:
         fast.chat_template = chat_template
     elif chat_template is not None:

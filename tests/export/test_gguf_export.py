@@ -22,7 +22,7 @@ from loris.export.gguf_tokenizer import (
     pre_tokenizer_hash,
 )
 from loris.lora import lora_modules
-from tiny_models import BASE, VOCAB, save_tiny
+from tiny_models import BASE, VOCAB, save_tiny, tiny_bpe_tokenizer
 
 # Tiny configs GGUF can describe: transformers' GGUF reader assumes Qwen3's head_dim (128) and Gemma's
 # query_pre_attn_scalar (256), and no GGUF reader knows Qwen2's or Mistral's sliding windows.
@@ -279,21 +279,7 @@ _TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content']
 
 
 def _bpe_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-    )
-    tok.train_from_iterator(_CORPUS, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+    return tiny_bpe_tokenizer(_CORPUS, vocab_size=300)
 
 
 def _spm_tokenizer(folder: Path):

@@ -36,7 +36,7 @@ from loris import FastLanguageModel  # noqa: E402
 from loris.demos.assets import smollm2_gguf  # noqa: E402
 from loris.export.gguf import save_gguf  # noqa: E402
 from loris.lora import lora_modules  # noqa: E402
-from tiny_models import BASE  # noqa: E402
+from tiny_models import BASE, tiny_bpe_tokenizer  # noqa: E402
 
 FLOAT_METHODS = ["f32", "f16", "bf16"]
 LEGACY_METHODS = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
@@ -134,21 +134,7 @@ def _one_torch_thread():
 
 
 def _bpe_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-    )
-    tok.train_from_iterator(_CORPUS, trainer)
-    out = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+    out = tiny_bpe_tokenizer(_CORPUS, vocab_size=300)
     out.chat_template = _TEMPLATE
     return out
 
