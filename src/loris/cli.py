@@ -45,6 +45,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from loris.export.diskspace import NotEnoughDiskSpace, ensure_free_space, estimate_bytes, format_size
     from loris.export.gguf_quants import resolve_quantization_methods
     from loris.export.hub import HubUploadError, check_can_upload
+    from loris.export.validate import ExportValidationError
 
     plan = _export_plan(args)
     if not plan and not args.push_to_hub:
@@ -79,9 +80,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             out, estimate_bytes(model, formats), f"loris export ({', '.join(formats)}) to {out}"
         )
         written = _write_artifacts(model, tokenizer, plan, methods, out, _artifact_name(source))
+        if args.validate:
+            _validate_artifacts(model, tokenizer, written)
         if args.push_to_hub:
             _push_artifacts(model, written, args, plan)
-    except (NotEnoughDiskSpace, HubUploadError, ValueError) as err:
+    except (NotEnoughDiskSpace, HubUploadError, ValueError, ExportValidationError) as err:
         raise SystemExit(f"loris export: {err}") from None
     for what, path in written:
         print(f"{what}: {path} ({format_size(_size(path))})")
@@ -107,6 +110,15 @@ def _write_artifacts(model, tokenizer, plan, methods, out: Path, name: str) -> l
         else:
             written.append((what, save_merged(model, out / what, tokenizer, save_method=what)))
     return written
+
+
+def _validate_artifacts(model, tokenizer, written: list[tuple[str, Path]]) -> None:
+    """`--validate`: reload each artifact and compare (loris.export.validate); raises on a mismatch."""
+    from loris.export.validate import validate_export
+
+    kinds = {"ollama Modelfile": "modelfile"}
+    print("validating the export (reloading each artifact):")
+    validate_export(model, tokenizer, [(kinds.get(w, w.split()[0]), p) for w, p in written])
 
 
 def _push_artifacts(model, written, args: argparse.Namespace, plan: list[str]) -> None:
@@ -153,6 +165,12 @@ def add_export_parser(sub) -> None:
     )
     export.add_argument(
         "--gguf", nargs="+", metavar="METHOD", help="GGUF quant methods, e.g. q4_k_m q8_0 f16"
+    )
+    export.add_argument(
+        "--validate",
+        action="store_true",
+        help="reload each artifact and compare with the model (logits, llama.cpp, Modelfile template); "
+        "exit non-zero on a mismatch, before any upload",
     )
     export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repo (user/name)")
     export.add_argument(

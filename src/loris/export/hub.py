@@ -171,8 +171,11 @@ def push_merged(
     private: bool | None = None,
     commit_message: str | None = None,
     max_shard_size: int | str = "5GB",
+    validate: bool = False,
 ):
-    """Upload the merged checkpoint ``save_pretrained_merged`` writes (``lora`` uploads the adapter)."""
+    """Upload the merged checkpoint ``save_pretrained_merged`` writes (``lora`` uploads the adapter).
+
+    ``validate=True`` checks the folder first (`loris.export.validate`); a mismatch uploads nothing."""
     from loris.export.hf import save_merged
 
     token = check_can_upload(repo_id, token)
@@ -180,6 +183,10 @@ def push_merged(
         folder = Path(tmp) / "merged"
         save_merged(model, folder, tokenizer, save_method=save_method, max_shard_size=max_shard_size)
         method = str(save_method).lower()
+        if validate:
+            from loris.export.validate import validate_export
+
+            validate_export(model, tokenizer, [(method, folder)])
         write_model_card(
             folder, model, repo_id, kind="adapter" if method == "lora" else "merged", method=method
         )
@@ -196,8 +203,11 @@ def push_gguf(
     token: str | None = None,
     private: bool | None = None,
     commit_message: str | None = None,
+    validate: bool = False,
 ):
-    """Upload ``<name>.<QUANT>.gguf`` per method plus the Ollama Modelfile and config.json."""
+    """Upload ``<name>.<QUANT>.gguf`` per method plus the Ollama Modelfile and config.json.
+
+    ``validate=True`` checks the files first (`loris.export.validate`); a mismatch uploads nothing."""
     import json
 
     from loris.export.gguf import save_gguf
@@ -207,6 +217,10 @@ def push_gguf(
     with tempfile.TemporaryDirectory(prefix="loris-hub-") as tmp:
         folder = Path(tmp) / "gguf"
         paths = save_gguf(model, folder, tokenizer, quantization_method=quantization_method, name=name)
+        if validate:
+            from loris.export.validate import gguf_artifacts, validate_export
+
+            validate_export(model, tokenizer, gguf_artifacts(paths))
         hf_config = getattr(model.config, "hf_config", None)
         if hf_config:  # lets the Hub show the architecture; runtimes ignore it
             (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")

@@ -360,11 +360,13 @@ class LorisForCausalLM(nn.Module):
         token=None,
         max_shard_size="5GB",
         private=None,
+        validate: bool = False,
         **_: object,
     ):
         """Unsloth's name: LoRA merged into 16-bit (or NF4-forced) safetensors; see `loris.export.hf`.
 
-        With ``push_to_hub=True``, ``save_directory`` is the Hub repo id (as in Unsloth)."""
+        With ``push_to_hub=True``, ``save_directory`` is the Hub repo id (as in Unsloth). ``validate=True``
+        reloads what was written and compares logits (`loris.export.validate`), raising on a mismatch."""
         if push_to_hub:
             return self.push_to_hub_merged(
                 save_directory,
@@ -373,12 +375,18 @@ class LorisForCausalLM(nn.Module):
                 token=token,
                 private=private,
                 max_shard_size=max_shard_size,
+                validate=validate,
             )
         from loris.export.hf import save_merged
 
-        return save_merged(
+        out = save_merged(
             self, save_directory, tokenizer, save_method=save_method, max_shard_size=max_shard_size
         )
+        if validate:
+            from loris.export.validate import validate_export
+
+            validate_export(self, tokenizer, [(str(save_method).lower(), out)])
+        return out
 
     def save_pretrained_gguf(
         self,
@@ -387,21 +395,29 @@ class LorisForCausalLM(nn.Module):
         quantization_method="fast_quantized",
         first_conversion=None,
         backend: str = "loris",
+        validate: bool = False,
         **_: object,
     ):
         """Unsloth's name: GGUF file(s) ``<name>.<QUANT>.gguf`` (+ Modelfile); see `loris.export.gguf`.
 
-        ``backend="llama.cpp"`` quantizes with llama-cpp-python's quantizer instead of loris' own."""
+        ``backend="llama.cpp"`` quantizes with llama-cpp-python's quantizer instead of loris' own.
+        ``validate=True`` checks each file in llama.cpp and the Modelfile (`loris.export.validate`)."""
         from loris.export.gguf import save_gguf
 
-        return save_gguf(
+        tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
+        paths = save_gguf(
             self,
             save_directory,
-            tokenizer if tokenizer is not None else getattr(self, "tokenizer", None),
+            tokenizer,
             quantization_method=quantization_method,
             first_conversion=first_conversion,
             backend=backend,
         )
+        if validate:
+            from loris.export.validate import gguf_artifacts, validate_export
+
+            validate_export(self, tokenizer, gguf_artifacts(paths))
+        return paths
 
     # ---- Hub uploads (see loris.export.hub) ------------------------------------------------------
 
@@ -425,9 +441,11 @@ class LorisForCausalLM(nn.Module):
         private=None,
         commit_message=None,
         max_shard_size="5GB",
+        validate: bool = False,
         **_: object,
     ):
-        """Unsloth's name: upload what ``save_pretrained_merged`` writes, with a model card."""
+        """Unsloth's name: upload what ``save_pretrained_merged`` writes, with a model card
+        (``validate=True``: checked before the upload, see `loris.export.validate`)."""
         from loris.export.hub import push_merged
 
         return push_merged(
@@ -439,6 +457,7 @@ class LorisForCausalLM(nn.Module):
             private=private,
             commit_message=commit_message,
             max_shard_size=max_shard_size,
+            validate=validate,
         )
 
     def push_to_hub_gguf(
@@ -449,9 +468,11 @@ class LorisForCausalLM(nn.Module):
         token=None,
         private=None,
         commit_message=None,
+        validate: bool = False,
         **_: object,
     ):
-        """Unsloth's name: upload ``<name>.<QUANT>.gguf`` file(s), the Modelfile and a model card."""
+        """Unsloth's name: upload ``<name>.<QUANT>.gguf`` file(s), the Modelfile and a model card
+        (``validate=True``: checked before the upload, see `loris.export.validate`)."""
         from loris.export.hub import push_gguf
 
         return push_gguf(
@@ -462,6 +483,7 @@ class LorisForCausalLM(nn.Module):
             token=token,
             private=private,
             commit_message=commit_message,
+            validate=validate,
         )
 
     def disable_adapter(self):
