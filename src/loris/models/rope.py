@@ -6,11 +6,12 @@ frequency-band smoothing, YaRN, LongRoPE); tests check the tables against transf
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
-from loris.models.config import RopeConfig
+from loris.models.config import ModelConfig, RopeConfig
 
 
 def _base_inv_freq(theta: float, dim: int, device: torch.device | None = None) -> torch.Tensor:
@@ -116,3 +117,73 @@ def rope_cos_sin(
     freqs = position_ids[..., None].float() * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+
+
+# ---- context length: what `from_pretrained(max_seq_length=..., rope_scaling=...)` changes ------------
+
+_USER_ROPE_TYPES = ("linear", "dynamic")
+
+
+def _hf_rope_entry(cfg: ModelConfig) -> dict | None:
+    """The ``rope_parameters`` dict of ``cfg.hf_config`` that describes ``cfg.rope`` (Gemma 3 nests one
+    per layer type; its ``full_attention`` entry is the global rope), or None when absent."""
+    params = cfg.hf_config.get("rope_parameters")
+    if not isinstance(params, dict):
+        return None
+    if isinstance(params.get("full_attention"), dict):
+        return params["full_attention"]
+    return params
+
+
+def _set_rope(cfg: ModelConfig, rope: RopeConfig) -> None:
+    """Replace the global rope and write the same scaling into the HF config kept for exports."""
+    cfg.rope = rope
+    entry = _hf_rope_entry(cfg)
+    if entry is None:
+        entry = cfg.hf_config.setdefault("rope_parameters", {"rope_theta": rope.theta})
+    entry.pop("type", None)
+    entry.update(rope_type=rope.rope_type, factor=rope.factor)
+
+
+def set_rope_scaling(cfg: ModelConfig, rope_scaling: dict) -> RopeConfig:
+    """Apply a user's ``rope_scaling`` (``{"type" or "rope_type": "linear" | "dynamic", "factor": f}``)
+    to the model's global rope, replacing whatever scaling it had."""
+    if not isinstance(rope_scaling, dict):
+        raise TypeError(
+            f"rope_scaling must be a dict such as {{'type': 'linear', 'factor': 2.0}}, got {rope_scaling!r}"
+        )
+    kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
+    factor = rope_scaling.get("factor")
+    if kind not in _USER_ROPE_TYPES:
+        raise ValueError(
+            f"rope_scaling type {kind!r} is not supported here; use {{'type': 'linear', 'factor': f}} or "
+            "{'type': 'dynamic', 'factor': f}, or leave rope_scaling=None to keep the model's own."
+        )
+    if not isinstance(factor, (int, float)) or factor < 1.0:
+        raise ValueError(f"rope_scaling factor must be a number >= 1.0, got {factor!r}")
+    rope = dataclasses.replace(cfg.rope, rope_type=kind, factor=float(factor))
+    _set_rope(cfg, rope)
+    return rope
+
+
+def extend_context(cfg: ModelConfig, max_seq_length: int) -> float | None:
+    """Stretch RoPE linearly so ``max_seq_length`` positions fit in the trained range (as Unsloth does).
+
+    When ``max_seq_length`` exceeds ``max_position_embeddings`` the rotary frequencies are divided by
+    ``max_seq_length / max_position_embeddings`` (position interpolation; an existing linear factor
+    is multiplied), and ``max_position_embeddings`` becomes ``max_seq_length``, so reloading an export
+    with the same ``max_seq_length`` does not stretch it twice. Returns the factor applied, or None.
+    Models whose rope already uses another scaling (llama3, yarn, longrope, dynamic) keep it.
+    """
+    old = cfg.max_position_embeddings
+    if not max_seq_length or max_seq_length <= old:
+        return None
+    if cfg.rope.rope_type not in ("default", "linear"):
+        return None
+    factor = max_seq_length / old
+    base = cfg.rope.factor if cfg.rope.rope_type == "linear" else 1.0
+    rope = dataclasses.replace(cfg.rope, rope_type="linear", factor=base * factor)
+    _set_rope(cfg, rope)
+    cfg.max_position_embeddings = max_seq_length
+    cfg.hf_config["max_position_embeddings"] = max_seq_length
+    return factor
