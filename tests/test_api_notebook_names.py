@@ -337,3 +337,32 @@ def test_quantization_names_in_any_case():
     )
     with pytest.raises(ValueError, match="q4_k_m"):
         resolve_quantization_methods("Q9_9")
+
+
+# ---- GRPOConfig as the GRPO notebooks spell it -----------------------------------------------------
+
+
+def test_grpo_config_takes_the_notebooks_vllm_settings_and_batch_of_one(tmp_path):
+    from loris import GRPOConfig, SamplingParams
+
+    sampling = SamplingParams(min_p=0.1, top_p=1.0, top_k=-1, seed=3407, stop=["</s>"],
+                              include_stop_str_in_output=True)  # fmt: skip
+    with pytest.warns(UserWarning) as record:
+        args = GRPOConfig(
+            use_vllm=True,
+            vllm_sampling_params=sampling,
+            temperature=1.0,
+            per_device_train_batch_size=1,
+            gradient_accumulation_steps=1,
+            num_generations=4,
+            output_dir=str(tmp_path),
+            report_to="none",
+        )
+    messages = " ".join(str(w.message) for w in record)
+    assert "using per_device_train_batch_size=4" in messages and "stop is not applied" in messages
+    assert (args.per_device_train_batch_size, args.generation_batch_size, args.prompts_per_generation) == (
+        4,
+        4,
+        1,
+    )
+    assert (args.min_p, args.top_p, args.top_k) == (0.1, 1.0, 0)

@@ -83,9 +83,12 @@ class GRPOConfig(TrainingConfig):
     log_completions: bool = False
     logprob_chunk_size: int = 512
     generation_decode: str = "auto"
+    use_vllm: bool = False  # accepted (Unsloth/TRL notebooks): loris's own engine always generates
+    vllm_sampling_params: Any = None  # a SamplingParams: its top_p / top_k / min_p / repetition_penalty apply
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._adopt_notebook_settings()
         self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards={self.scale_rewards!r}: choose 'group', 'batch' or 'none'.")
@@ -122,6 +125,33 @@ class GRPOConfig(TrainingConfig):
                 f"num_generations={self.num_generations}: every prompt needs all its completions in one batch. "
                 f"Use per_device_train_batch_size={self.num_generations} (or a multiple of it)."
             )
+
+    def _adopt_notebook_settings(self) -> None:
+        """Unsloth notebooks' spellings: vLLM sampling settings, and a batch smaller than one group
+        (Unsloth raises per_device_train_batch_size to num_generations; so does loris, saying so)."""
+        sp = self.vllm_sampling_params
+        if sp is not None:
+            self.top_p, self.top_k = sp.top_p, max(int(sp.top_k), 0)
+            self.min_p = sp.min_p or None
+            self.repetition_penalty = sp.repetition_penalty
+            if sp.stop:
+                warnings.warn(
+                    "vllm_sampling_params.stop is not applied: GRPO completions end at the tokenizer's EOS "
+                    "tokens (and max_completion_length).",
+                    stacklevel=3,
+                )
+        steps = self.steps_per_generation or self.gradient_accumulation_steps
+        if (
+            self.generation_batch_size is None
+            and self.per_device_train_batch_size * steps < self.num_generations
+        ):
+            warnings.warn(
+                f"per_device_train_batch_size={self.per_device_train_batch_size} holds less than one group of "
+                f"num_generations={self.num_generations} completions: using per_device_train_batch_size="
+                f"{self.num_generations} (one prompt's completions per micro-batch), as Unsloth does.",
+                stacklevel=3,
+            )
+            self.per_device_train_batch_size = self.num_generations
 
     @property
     def prompts_per_generation(self) -> int:
