@@ -144,7 +144,10 @@ def _lex(action: str) -> list[tuple[str, str]]:
         if not m:
             raise UnsupportedTemplate(f"cannot read {action[pos:]!r} in {{{{ {action} }}}}")
         kind = m.lastgroup
-        out.append((kind, m.group(kind)))
+        text = m.group(kind)
+        if kind == "field" and m.start(kind) == pos and out and out[-1] == ("op", ")"):
+            kind = "chain"  # (pipeline).Field
+        out.append((kind, text))
         pos = m.end()
     return out
 
@@ -196,6 +199,9 @@ def _parse_pipeline(tokens: list[tuple[str, str]], source: str) -> Pipeline:
             stack.pop()
         elif value == "|" and kind == "op":
             stack[-1].append([])
+        elif kind == "chain":
+            target = stack[-1][-1]
+            target[-1] = ("chain", (target[-1], value))
         elif kind in ("str", "raw", "num", "var", "field", "ident"):
             stack[-1][-1].append((kind, value))
         else:
@@ -358,8 +364,18 @@ _FUNCS = {
     "len": _length,
     "slice": _slice,
     "index": _index,
-    "print": lambda *a: "".join(_text(x) for x in a),
+    "print": lambda *a: _sprint(a),
 }
+
+
+def _sprint(args: tuple) -> str:
+    """Go's fmt.Sprint: a space between operands when neither is a string."""
+    out = ""
+    for k, a in enumerate(args):
+        if k and not isinstance(a, str) and not isinstance(args[k - 1], str):
+            out += " "
+        out += _text(a)
+    return out
 
 
 class _Runner:
@@ -395,6 +411,11 @@ class _Runner:
     def operand(self, kind: str, value: Any, dot: Any) -> Any:
         if kind == "pipe":
             return self.pipeline(value, dot)
+        if kind == "chain":
+            obj = self.operand(*value[0], dot)
+            for name in value[1].split(".")[1:]:
+                obj = self.field(obj, name)
+            return obj
         if kind == "str":
             return json.loads(value)
         if kind == "raw":
