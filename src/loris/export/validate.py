@@ -70,7 +70,7 @@ _PRECISION = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 # Greedy comparison of a GGUF: a different llama.cpp token is accepted only where loris scores it within
 # this many logits of its own best token (a near-tie), for the methods checked strictly.
-TIE_TOLERANCE: dict[str, float] = {"f32": 0.01, "f16": 0.05, "bf16": 0.5, "q8_0": 0.5}
+TIE_TOLERANCE: dict[str, float] = {"f32": 0.01, "f16": 0.05, "bf16": 0.5, "q8_0": 1.0}
 # ... plus this much where the in-memory model itself computes in 16 bits
 _MODEL_DTYPE_SLACK = {torch.float32: 0.0, torch.float16: 0.05, torch.bfloat16: 0.25}
 LOOSE_TOP_K = 5
