@@ -76,20 +76,80 @@ def chat_tiny_model(saved_family, folder: Path) -> Path:
     return folder
 
 
+def tiny_chat_model(
+    saved_family, family: str, folder: Path, specials: list[str], template: str | None
+) -> Path:
+    """A tiny random model of ``family`` with a word-level tokenizer that knows the chat template's
+    special tokens (same 160 ids), and that template set with `get_chat_template`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from loris.chat_templates import get_chat_template
+
+    shutil.copytree(saved_family(family)[1], folder)
+    words = ["user", "assistant", "system", "model"]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for tok in specials + words:
+        vocab[tok] = len(vocab)
+    vocab.update({f"w{i}": i for i in range(len(vocab), 160)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<pad>", additional_special_tokens=specials)  # fmt: skip
+    if template is not None:
+        get_chat_template(tok, chat_template=template)
+    assert len(tok) == 160
+    tok.save_pretrained(folder)
+    return folder
+
+
 def run_script(path: Path, argv: list[str]) -> None:
     module = runpy.run_path(str(path), run_name="example")  # defines main() without running it
     module["main"](argv)
 
 
+pytestmark = pytest.mark.filterwarnings("error:An optimizer step had no label tokens")
+
+SFT_ARGS = ["--max-steps", "2", "--max-new-tokens", "4"]
+
+
+def check_sft_run(printed: str, out: Path) -> None:
+    assert "seconds used for training" in printed
+    assert "'step': 2" in printed
+    assert (out / "lora_model" / "adapter_config.json").is_file()
+    assert (out / "checkpoints" / "loss.png").is_file()
+
+
 def test_notebook_scripts_run_two_steps(saved_family, tmp_path, capsys):
     model = chat_tiny_model(saved_family, tmp_path / "model")
-    for script in NOTEBOOKS:
-        out = tmp_path / script.stem
-        run_script(script, ["--model", str(model), "--max-steps", "2", "--max-new-tokens", "4",
-                            "--output-dir", str(out)])  # fmt: skip
+    for name in ("llama31_alpaca.py", "llama32_conversational.py"):
+        out = tmp_path / name
+        run_script(
+            EXAMPLES / "notebooks" / name, ["--model", str(model), *SFT_ARGS, "--output-dir", str(out)]
+        )
         printed = capsys.readouterr().out
-        assert "seconds used for training" in printed, script.name
-        assert "'step': 2" in printed, script.name
-        assert (out / "lora_model" / "adapter_config.json").is_file(), script.name
-        assert (out / "checkpoints" / "loss.png").is_file(), script.name
+        check_sft_run(printed, out)
     assert "this model has no Llama-3 header tokens" not in printed  # it used the notebook's template
+
+
+def test_qwen3_reasoning_conversational(saved_family, tmp_path, capsys):
+    specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"]
+    model = tiny_chat_model(saved_family, "qwen3", tmp_path / "model", specials, "qwen3")
+    out = tmp_path / "out"
+    run_script(EXAMPLES / "notebooks" / "qwen3_reasoning_conversational.py",
+               ["--model", str(model), *SFT_ARGS, "--output-dir", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    check_sft_run(printed, out)
+    assert "--- enable_thinking=False" in printed and "--- enable_thinking=True" in printed
+
+
+def test_phi4_conversational(saved_family, tmp_path, capsys):
+    specials = ["<|im_start|>", "<|im_sep|>", "<|im_end|>", "<|endoftext|>"]
+    model = tiny_chat_model(saved_family, "phi3", tmp_path / "model", specials, "phi-4")
+    out = tmp_path / "out"
+    run_script(EXAMPLES / "notebooks" / "phi4_conversational.py",
+               ["--model", str(model), *SFT_ARGS, "--output-dir", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    check_sft_run(printed, out)
+    assert "keeping its own chat template" not in printed  # it used the notebook's "phi-4"
