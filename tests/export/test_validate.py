@@ -141,6 +141,19 @@ def test_merged_that_does_not_load(export, tmp_path):
     assert v.status == MISMATCH and v.detail.startswith("loris cannot load it")
 
 
+def test_nf4_and_adapter_folders(export, tmp_path):
+    """merged_4bit_forced is compared loosely (and says so); an adapter folder reloads with its base."""
+    model, tok = export["model"], export["tok"]
+    nf4 = save_merged(model, tmp_path / "nf4", tok, save_method="merged_4bit_forced")
+    adapter = save_merged(model, tmp_path / "lora", tok, save_method="lora")
+    v_nf4, v_lora = validate_export(model, tok, [("merged_4bit_forced", nf4), ("lora", adapter)], report=None)
+    assert v_nf4.status == OK and "NF4 compared loosely" in v_nf4.detail
+    assert 1e-3 < float(v_nf4.detail.split("rel ")[1].split()[0]) <= validate.NF4_TOLERANCE[1]
+    assert v_lora.status == OK and v_lora.artifact == "lora" and "max |Δlogit|" in v_lora.detail
+    (adapter / "adapter_model.safetensors").write_bytes(b"broken")
+    assert validate_merged(model, adapter, tok).status == MISMATCH
+
+
 def test_tolerance_is_per_dtype(export):
     """A bf16 reload of the fp32 model passes the bf16 bound (rel 0.08) and names the dtype."""
     v = validate_merged(export["model"].to(torch.bfloat16), export["merged"], export["tok"])
