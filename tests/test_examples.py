@@ -153,3 +153,32 @@ def test_phi4_conversational(saved_family, tmp_path, capsys):
     printed = capsys.readouterr().out
     check_sft_run(printed, out)
     assert "keeping its own chat template" not in printed  # it used the notebook's "phi-4"
+
+
+def test_gemma3_conversational(saved_family, tmp_path, capsys):
+    specials = ["<bos>", "<start_of_turn>", "<end_of_turn>"]
+    model = tiny_chat_model(saved_family, "gemma3", tmp_path / "model", specials, "gemma-3")
+    out = tmp_path / "out"
+    run_script(EXAMPLES / "notebooks" / "gemma3_conversational.py",
+               ["--model", str(model), *SFT_ARGS, "--output-dir", str(out), "--skip-gguf"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "seconds used for training" in printed and "'step': 2" in printed
+    assert "keeping its own chat template" not in printed
+    assert (out / "gemma-3" / "adapter_config.json").is_file()
+    assert (out / "gemma-3-finetune" / "model.safetensors").is_file()
+
+
+def test_llama3_ollama_ends_with_gguf_and_modelfile(tmp_path, capsys):
+    from tiny_models import save_bpe_llama
+
+    model = save_bpe_llama(tmp_path / "model")  # GGUF needs a BPE vocabulary
+    out = tmp_path / "out"
+    run_script(EXAMPLES / "notebooks" / "llama3_ollama.py",
+               ["--model", str(model), *SFT_ARGS, "--output-dir", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    check_sft_run(printed, out)
+    assert [p.name for p in (out / "model").glob("*.gguf")] == ["model.Q8_0.gguf"]
+    modelfile = (out / "model" / "Modelfile").read_text()
+    assert modelfile.startswith("FROM model.Q8_0.gguf")
+    assert "### Instruction:\n" in modelfile and "### Response:\n" in modelfile  # the custom template
+    assert f"ollama create unsloth_model -f {out / 'model' / 'Modelfile'}" in printed
