@@ -182,3 +182,66 @@ def test_llama3_ollama_ends_with_gguf_and_modelfile(tmp_path, capsys):
     assert modelfile.startswith("FROM model.Q8_0.gguf")
     assert "### Instruction:\n" in modelfile and "### Response:\n" in modelfile  # the custom template
     assert f"ollama create unsloth_model -f {out / 'model' / 'Modelfile'}" in printed
+
+
+GRPO_ARGS = [
+    "--max-steps",
+    "2",
+    "--num-generations",
+    "2",
+    "--max-completion-length",
+    "4",
+    "--max-new-tokens",
+    "4",
+]
+
+
+def check_grpo_run(printed: str, out: Path, adapter: str = "grpo_saved_lora") -> None:
+    assert "seconds used for training" in printed and "'step': 2" in printed
+    assert "rewards/" in (out / "outputs" / "log.jsonl").read_text()
+    assert (out / adapter / "adapter_config.json").is_file()
+
+
+def test_qwen25_grpo(saved_family, tmp_path, capsys):
+    specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+    model = tiny_chat_model(saved_family, "qwen2", tmp_path / "model", specials, "qwen-2.5")
+    out = tmp_path / "out"
+    run_script(
+        EXAMPLES / "notebooks" / "qwen25_grpo.py",
+        ["--model", str(model), *GRPO_ARGS, "--output-dir", str(out)],
+    )
+    printed = capsys.readouterr().out
+    check_grpo_run(printed, out)
+    assert "--- without the GRPO LoRA:" in printed and "--- with the GRPO LoRA:" in printed
+    log = (out / "outputs" / "log.jsonl").read_text()
+    for name in ("xmlcount_reward_func", "soft_format_reward_func", "strict_format_reward_func",
+                 "int_reward_func", "correctness_reward_func"):  # fmt: skip
+        assert f"rewards/{name}/mean" in log
+
+
+def test_llama31_grpo(saved_family, tmp_path, capsys):
+    model = chat_tiny_model(saved_family, tmp_path / "model")  # knows Llama-3's header tokens
+    from transformers import AutoTokenizer
+
+    from loris.chat_templates import get_chat_template
+
+    tok = AutoTokenizer.from_pretrained(model)
+    get_chat_template(tok, "llama-3.1").save_pretrained(model)
+    out = tmp_path / "out"
+    run_script(
+        EXAMPLES / "notebooks" / "llama31_grpo.py",
+        ["--model", str(model), *GRPO_ARGS, "--output-dir", str(out)],
+    )
+    check_grpo_run(capsys.readouterr().out, out)
+
+
+def test_gemma3_grpo(saved_family, tmp_path, capsys):
+    specials = ["<bos>", "<start_of_turn>", "<end_of_turn>"]
+    model = tiny_chat_model(saved_family, "gemma3", tmp_path / "model", specials, "gemma-3")
+    out = tmp_path / "out"
+    run_script(EXAMPLES / "notebooks" / "gemma3_grpo.py",
+               ["--model", str(model), *GRPO_ARGS, "--output-dir", str(out), "--skip-gguf"])  # fmt: skip
+    check_grpo_run(capsys.readouterr().out, out, adapter="gemma-3")
+    assert (out / "gemma-3-finetune" / "model.safetensors").is_file()
+    log = (out / "outputs" / "log.jsonl").read_text()
+    assert all(f"rewards/{f}/mean" in log for f in ("match_format_exactly", "check_answer", "check_numbers"))
