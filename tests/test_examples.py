@@ -245,3 +245,14 @@ def test_gemma3_grpo(saved_family, tmp_path, capsys):
     assert (out / "gemma-3-finetune" / "model.safetensors").is_file()
     log = (out / "outputs" / "log.jsonl").read_text()
     assert all(f"rewards/{f}/mean" in log for f in ("match_format_exactly", "check_answer", "check_numbers"))
+
+
+def test_qwen3_grpo(saved_family, tmp_path, capsys):
+    model = tiny_chat_model(saved_family, "qwen3", tmp_path / "model", ["<|im_end|>"], None)
+    out = tmp_path / "out"
+    run_script(EXAMPLES / "notebooks" / "qwen3_grpo.py",
+               ["--model", str(model), *GRPO_ARGS, "--sft-epochs", "1", "--output-dir", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    check_grpo_run(printed, out)
+    assert "the saved LoRA is non-zero" in printed and "--- with the GRPO LoRA:" in printed
+    assert "rewards/match_format_approximately/mean" in (out / "outputs" / "log.jsonl").read_text()
