@@ -141,6 +141,7 @@ def test_merged_that_does_not_load(export, tmp_path):
     assert v.status == MISMATCH and v.detail.startswith("loris cannot load it")
 
 
+@pytest.mark.slow  # NF4 quantizing on CPU: ~7 s
 def test_nf4_and_adapter_folders(export, tmp_path):
     """merged_4bit_forced is compared loosely (and says so); an adapter folder reloads with its base."""
     model, tok = export["model"], export["tok"]
@@ -523,6 +524,21 @@ def test_save_methods_validate(export, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(hf, "export_config", lambda *a, **k: {**real(*a, **k), "rms_norm_eps": 0.5})
     with pytest.raises(ExportValidationError, match="merged_16bit"):
         model.save_pretrained_merged(tmp_path / "merged2", tok, validate=True)
+
+
+def test_push_validates_before_uploading(export, monkeypatch, capsys):
+    from loris.export import hub, ollama
+
+    uploads = []
+    monkeypatch.setattr(hub, "check_can_upload", lambda repo_id, token: "hf_test")
+    monkeypatch.setattr(hub, "upload_folder", lambda folder, repo_id, *a, **k: uploads.append(repo_id))
+    model, tok = export["model"], export["tok"]
+    model.push_to_hub_gguf("me/ok-GGUF", tok, quantization_method="q8_0", validate=True)
+    assert uploads == ["me/ok-GGUF"] and "Modelfile     OK" in capsys.readouterr().out
+    monkeypatch.setattr(ollama, "modelfile_for", _broken_modelfile)
+    with pytest.raises(ExportValidationError, match="Modelfile"):
+        model.push_to_hub_gguf("me/broken-GGUF", tok, quantization_method="q8_0", validate=True)
+    assert uploads == ["me/ok-GGUF"]  # nothing uploaded for the broken export
 
 
 def _broken_modelfile(tokenizer, gguf_name, **kw):
