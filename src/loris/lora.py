@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loris.kernels import kernels_disabled
+from loris.kernels.activations import ACTIVATION_IDS
+from loris.kernels.lora_fused import lora_mlp, lora_projections
 from loris.quant import QuantizedLinear
 
 logger = logging.getLogger(__name__)
@@ -93,6 +96,26 @@ def _normalise_targets(targets, cfg: LoraConfig) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _fused_path(x: torch.Tensor, mods) -> bool:
+    return (
+        x.is_cuda and not kernels_disabled() and all(isinstance(m, LoraLinear) and m.fusable() for m in mods)
+    )
+
+
+def project(x: torch.Tensor, mods) -> tuple[torch.Tensor, ...]:
+    """Several projections of one input (q/k/v): LoRA slots go through the fused path on CUDA."""
+    if _fused_path(x, mods):
+        return lora_projections(x, mods)
+    return tuple(m(x) for m in mods)
+
+
+def gated_mlp(x: torch.Tensor, gate, up, down, activation: str, act_fn) -> torch.Tensor:
+    """``down(act(gate(x)) * up(x))``; the fused LoRA MLP on CUDA when all three are LoRA slots."""
+    if _fused_path(x, (gate, up, down)):
+        return lora_mlp(x, gate, up, down, ACTIVATION_IDS[activation])
+    return down(act_fn(gate(x), up(x)))
+
+
 class LoraLinear(nn.Module):
     """A frozen base linear plus a trainable low-rank update, in fp32."""
 
@@ -135,10 +158,30 @@ class LoraLinear(nn.Module):
             else:
                 self.lora_B.zero_()
 
+    def adapter_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) in ``dtype`` for the fused path, cast once per optimizer step rather than per use."""
+        a, b = self.lora_A, self.lora_B
+        if a.dtype == dtype and b.dtype == dtype:
+            return a, b
+        key = (a._version, b._version, dtype, a.data_ptr(), b.data_ptr())
+        cached = getattr(self, "_adapter_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, a.detach().to(dtype), b.detach().to(dtype))
+            self._adapter_cache = cached
+        return cached[1], cached[2]
+
+    def fusable(self) -> bool:
+        """Whether the fused LoRA path (loris.kernels.lora_fused) computes exactly this module."""
+        base_frozen = not any(p.requires_grad for p in self.base.parameters(recurse=False))
+        return not (self.merged or self.disabled) and base_frozen and (self.dropout == 0 or not self.training)
+
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fused_path(x, (self,)):
+            return lora_projections(x, (self,))[0]
         y = self.base(x)
         if self.merged or self.disabled:
             return y

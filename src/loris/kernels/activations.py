@@ -103,41 +103,67 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 or t2.shape[-1] == 1 else t2.contiguous()
 
 
+def gated_forward(gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Tensor:
+    """``act(gate) * up`` for (rows, n) inputs: the Triton launch without autograd."""
+    n_rows, n_cols = gate.shape
+    out = torch.empty((n_rows, n_cols), dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device)
+    if out.numel() > 0:
+        grid = (n_rows, triton.cdiv(n_cols, _BLOCK))
+        _gated_fwd_kernel[grid](
+            gate, up, out, gate.stride(0), up.stride(0), out.stride(0), n_cols, ACT=act, BLOCK=_BLOCK
+        )
+    return out
+
+
+def gated_backward(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, act: int, in_place: bool = False):
+    """(d gate, d up) of ``act(gate) * up`` for (rows, n) inputs, the activation recomputed.
+    ``in_place`` writes them over ``gate`` and ``up`` (each element is read before it is written)."""
+    n_rows, n_cols = gate.shape
+    if in_place:
+        dg, du = gate, up
+    else:
+        dg = torch.empty((n_rows, n_cols), dtype=gate.dtype, device=gate.device)
+        du = torch.empty((n_rows, n_cols), dtype=up.dtype, device=gate.device)
+    if dg.numel() > 0:
+        grid = (n_rows, triton.cdiv(n_cols, _BLOCK))
+        _gated_bwd_kernel[grid](
+            dy, gate, up, dg, du,
+            dy.stride(0), gate.stride(0), up.stride(0), dg.stride(0), du.stride(0), n_cols,
+            ACT=act, BLOCK=_BLOCK,
+        )  # fmt: skip
+    return dg, du
+
+
+def gated_parts_reference(gate: torch.Tensor, act: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(act(g), act'(g)) in fp32, written out so a hand-written backward can use them on CPU."""
+    g = gate.float()
+    if act == _SILU:
+        s = torch.sigmoid(g)
+        return g * s, s * (1.0 + g * (1.0 - s))
+    k0, k1 = 0.7978845608028654, 0.044715
+    t = torch.tanh(k0 * (g + k1 * g * g * g))
+    return 0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * k0 * (1.0 + 3.0 * k1 * g * g)
+
+
+ACTIVATION_IDS = {"silu": _SILU, "gelu_tanh": _GELU_TANH}
+
+
 class GatedActivationFunction(torch.autograd.Function):
     """``act(gate) * up`` with the activation recomputed in backward."""
 
     @staticmethod
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Tensor:
         g2, u2 = _rows(gate), _rows(up)
-        n_rows, n_cols = g2.shape
-        out = torch.empty(
-            (n_rows, n_cols), dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device
-        )
-        if out.numel() > 0:
-            grid = (n_rows, triton.cdiv(n_cols, _BLOCK))
-            _gated_fwd_kernel[grid](
-                g2, u2, out, g2.stride(0), u2.stride(0), out.stride(0), n_cols, ACT=act, BLOCK=_BLOCK
-            )
+        out = gated_forward(g2, u2, act)
         ctx.save_for_backward(g2, u2)
         ctx.act = act
         ctx.shapes = (gate.shape, up.shape)
-        ctx.dtypes = (gate.dtype, up.dtype)
         return out.view(gate.shape)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         g2, u2 = ctx.saved_tensors
-        n_rows, n_cols = g2.shape
-        dy2 = _rows(dy)
-        dg = torch.empty((n_rows, n_cols), dtype=ctx.dtypes[0], device=g2.device)
-        du = torch.empty((n_rows, n_cols), dtype=ctx.dtypes[1], device=g2.device)
-        if dg.numel() > 0:
-            grid = (n_rows, triton.cdiv(n_cols, _BLOCK))
-            _gated_bwd_kernel[grid](
-                dy2, g2, u2, dg, du,
-                dy2.stride(0), g2.stride(0), u2.stride(0), dg.stride(0), du.stride(0), n_cols,
-                ACT=ctx.act, BLOCK=_BLOCK,
-            )  # fmt: skip
+        dg, du = gated_backward(_rows(dy), g2, u2, ctx.act)
         return dg.view(ctx.shapes[0]), du.view(ctx.shapes[1]), None
 
 

@@ -19,6 +19,7 @@ from loris.kernels.activations import GATED_ACTIVATIONS
 from loris.kernels.cross_entropy import linear_cross_entropy
 from loris.kernels.rms_norm import rms_norm
 from loris.kernels.rope import apply_rope
+from loris.lora import gated_mlp, project
 from loris.models.config import ModelConfig
 from loris.models.rope import rope_cos_sin
 
@@ -82,9 +83,10 @@ class Attention(nn.Module):
         cache_start: int = 0,
     ) -> torch.Tensor:
         b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
+        q, k, v = project(x, (self.q_proj, self.k_proj, self.v_proj))
+        q = q.view(b, n, self.num_heads, self.head_dim)
+        k = k.view(b, n, self.num_kv_heads, self.head_dim)
+        v = v.view(b, n, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -125,10 +127,11 @@ class MLP(nn.Module):
         self.gate_proj = make_linear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
         self.up_proj = make_linear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
         self.down_proj = make_linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
+        self.activation = cfg.activation
         self.act = GATED_ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x), self.up_proj(x)))
+        return gated_mlp(x, self.gate_proj, self.up_proj, self.down_proj, self.activation, self.act)
 
 
 class Block(nn.Module):

@@ -1,0 +1,188 @@
+"""Fused LoRA projections and the fused LoRA MLP, with hand-written backward passes.
+
+A LoRA projection is ``y = x W^T + s (x A^T) B^T`` with W frozen. Left to autograd, every
+projection launches a scaling and an addition over its whole (tokens x out) output, and keeps
+``x A^T`` and the scaled update alive for backward. Here:
+
+* the update is accumulated into the base output by the GEMM itself (``addmm_``, beta = 1);
+* projections that read the same input (q/k/v, gate/up) share one ``x [A_q; A_k; A_v]^T`` product;
+* backward accumulates every input gradient into one buffer with ``addmm_`` (no elementwise adds)
+  and recomputes the small ``x A^T`` rather than storing it;
+* the MLP (``down(act(gate(x)) * up(x))``) saves only x, gate and up; the activation is
+  recomputed in backward and its gradients are written over gate and up in place.
+
+Base weights stay frozen and are never copied for backward: 16-bit weights are used as stored,
+quantized ones are dequantized when needed (forward, and again in backward).
+
+The public entry points take LoRA modules (anything with ``base``, ``scaling``, ``lora_A``,
+``lora_B`` and ``adapter_weights(dtype)``, i.e. `loris.lora.LoraLinear`). The reference they are
+tested against is the modules' own forward under autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from loris.kernels import use_triton
+from loris.kernels.activations import gated_backward, gated_forward, gated_parts_reference
+from loris.quant import QuantizedLinear
+
+
+def _dense_weight(base, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(base, QuantizedLinear):
+        return base.dequantize(dtype)
+    w = base.weight
+    return w if w.dtype == dtype else w.to(dtype)
+
+
+def _project(x2: torch.Tensor, mods: Sequence, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Forward of projections sharing the 2-D input ``x2``: one shared ``x A^T``, updates added in-GEMM."""
+    pairs = [m.adapter_weights(dtype) for m in mods]
+    a_cat = pairs[0][0] if len(pairs) == 1 else torch.cat([a for a, _ in pairs])
+    xa = x2 @ a_cat.t()
+    outs, start = [], 0
+    for m, (a, b) in zip(mods, pairs, strict=True):
+        w = _dense_weight(m.base, dtype)
+        bias = m.base.bias
+        y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
+        r = a.shape[0]
+        y.addmm_(xa[:, start : start + r], b.t(), alpha=m.scaling)
+        start += r
+        outs.append(y)
+    return outs
+
+
+def _project_backward(
+    x2: torch.Tensor, mods: Sequence, dys: Sequence[torch.Tensor], dtype: torch.dtype, need_dx: bool, need_ab
+) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """d input (accumulated in one buffer) and dA, dB per projection; ``x A^T`` recomputed."""
+    pairs = [m.adapter_weights(dtype) for m in mods]
+    xa = None
+    if any(need_ab):
+        a_cat = pairs[0][0] if len(pairs) == 1 else torch.cat([a for a, _ in pairs])
+        xa = x2 @ a_cat.t()
+    dx, grads, start = None, [], 0
+    for i, (m, (a, b), dy) in enumerate(zip(mods, pairs, dys, strict=True)):
+        r = a.shape[0]
+        dyb = dy @ b  # (tokens, r)
+        if need_dx:
+            w = _dense_weight(m.base, dtype)
+            if dx is None:
+                dx = dy @ w
+            else:
+                dx.addmm_(dy, w)
+            dx.addmm_(dyb, a, alpha=m.scaling)
+        if need_ab[i]:
+            grads.append((dyb.t() @ x2).mul_(m.scaling).to(m.lora_A.dtype))
+            grads.append((dy.t() @ xa[:, start : start + r]).mul_(m.scaling).to(m.lora_B.dtype))
+        else:
+            grads += [None, None]
+        start += r
+    return dx, grads
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def _act(g: torch.Tensor, u: torch.Tensor, act: int) -> torch.Tensor:
+    if use_triton(g):
+        return gated_forward(g, u, act)
+    a, _ = gated_parts_reference(g, act)
+    return (a * u.float()).to(g.dtype)
+
+
+def _act_backward_(dh: torch.Tensor, g: torch.Tensor, u: torch.Tensor, act: int):
+    """(d gate, d up), written over ``g`` and ``u`` (each element is read before it is written)."""
+    if use_triton(g):
+        return gated_backward(dh, g, u, act, in_place=True)
+    a, da = gated_parts_reference(g, act)
+    dhf = dh.float()
+    dg, du = (dhf * u.float() * da), (dhf * a)
+    g.copy_(dg)
+    u.copy_(du)
+    return g, u
+
+
+class LoraProjectionsFunction(torch.autograd.Function):
+    """Several LoRA projections of one input ``x``; inputs after ``mods`` are (A, B) per projection."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mods: tuple, *adapters: torch.Tensor):
+        x2 = _rows(x)
+        outs = _project(x2, mods, x.dtype)
+        ctx.save_for_backward(x2, *adapters)
+        ctx.mods, ctx.shape = mods, x.shape
+        return tuple(y.view(*x.shape[:-1], y.shape[-1]) for y in outs)
+
+    @staticmethod
+    def backward(ctx, *dys: torch.Tensor):
+        x2 = ctx.saved_tensors[0]
+        dys2 = [
+            _rows(dy) if dy is not None else x2.new_zeros(x2.shape[0], m.out_features)
+            for dy, m in zip(dys, ctx.mods, strict=True)
+        ]
+        need_ab = [
+            ctx.needs_input_grad[2 + 2 * i] or ctx.needs_input_grad[3 + 2 * i] for i in range(len(ctx.mods))
+        ]
+        dx, grads = _project_backward(
+            x2, ctx.mods, [d.to(x2.dtype) for d in dys2], x2.dtype, ctx.needs_input_grad[0], need_ab
+        )
+        return (dx.view(ctx.shape) if dx is not None else None), None, *grads
+
+
+class LoraMLPFunction(torch.autograd.Function):
+    """``down(act(gate(x)) * up(x))`` with LoRA on all three; saves x, gate, up only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mods: tuple, act: int, *adapters: torch.Tensor):
+        x2 = _rows(x)
+        g, u = _project(x2, mods[:2], x.dtype)
+        (out,) = _project(_act(g, u, act), mods[2:], x.dtype)
+        ctx.save_for_backward(x2, g, u, *adapters)
+        ctx.mods, ctx.act, ctx.shape = mods, act, x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        if ctx.mods is None:
+            raise RuntimeError("the fused LoRA MLP's backward reuses its saved tensors: it cannot run twice")
+        x2, g, u = ctx.saved_tensors[:3]
+        dtype = x2.dtype
+        need = ctx.needs_input_grad
+        h = _act(g, u, ctx.act)  # recomputed, freed as soon as the down projection's grads exist
+        dh, grads_down = _project_backward(
+            h, ctx.mods[2:], [_rows(dout).to(dtype)], dtype, True, [need[7] or need[8]]
+        )
+        del h
+        dg, du = _act_backward_(dh, g, u, ctx.act)
+        del dh
+        dx, grads_gu = _project_backward(
+            x2, ctx.mods[:2], [dg, du], dtype, need[0], [need[3] or need[4], need[5] or need[6]]
+        )
+        ctx.mods = None
+        return (dx.view(ctx.shape) if dx is not None else None), None, None, *grads_gu, *grads_down
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def lora_projections(x: torch.Tensor, mods: Sequence) -> tuple[torch.Tensor, ...]:
+    """The outputs of LoRA projections ``mods`` applied to ``x`` (autocast honoured, then off inside)."""
+    dtype = _compute_dtype(x)
+    adapters = [t for m in mods for t in (m.lora_A, m.lora_B)]
+    with torch.autocast(x.device.type, enabled=False):
+        return LoraProjectionsFunction.apply(x.to(dtype), tuple(mods), *adapters)
+
+
+def lora_mlp(x: torch.Tensor, gate, up, down, act: int) -> torch.Tensor:
+    """``down(act(gate(x)) * up(x))`` for three LoRA projections; ``act`` from ACTIVATION_IDS."""
+    dtype = _compute_dtype(x)
+    mods = (gate, up, down)
+    adapters = [t for m in mods for t in (m.lora_A, m.lora_B)]
+    with torch.autocast(x.device.type, enabled=False):
+        return LoraMLPFunction.apply(x.to(dtype), mods, act, *adapters)
