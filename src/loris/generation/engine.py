@@ -214,11 +214,9 @@ def run(
 
     options = options or EngineOptions()
     target = _merged_copy(model) if options.merge_lora else model
-    rows = input_ids.shape[0] * n
     device = model.device
     steps: list[torch.Tensor] = []
-    ended = torch.full((rows,), -1, dtype=torch.long, device=device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    dones: list[torch.Tensor] = []
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     t_first = None
@@ -236,19 +234,22 @@ def run(
             seed=seed,
             options=options,
         )
-        for i, (tok, done) in enumerate(it):
+        for tok, done in it:
             if t_first is None:
                 sync()
                 t_first = time.perf_counter()
             steps.append(tok)
-            ended = torch.where(done & (ended < 0), torch.full_like(ended, i), ended)
-            finished |= done
+            dones.append(done)
             if on_step is not None:
                 on_step(tok, done)
     sync()
     t1 = time.perf_counter()
     tokens = torch.stack(steps, 1)
-    lengths = torch.where(ended >= 0, ended + 1, torch.full_like(ended, tokens.shape[1]))
+    done_at = torch.stack(dones, 1)  # a row is done at most once
+    finished = done_at.any(1)
+    lengths = torch.where(
+        finished, done_at.int().argmax(1) + 1, torch.full_like(finished, tokens.shape[1], dtype=torch.long)
+    )
     reasons = ["stop" if f else "length" for f in finished.tolist()]
     return GenerationResult(
         tokens=tokens,

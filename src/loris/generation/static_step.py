@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from loris.generation.kv_cache import KVCache
+from loris.models.rope import rope_cos_sin
 
 
 class _ColumnWriter:
@@ -50,12 +51,43 @@ class StaticDecodeStep:
         self.kv_idx = torch.arange(cache.max_len, device=device)
         self.writer = _ColumnWriter(cache, self.column)
         self.rope_bufs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.full_tables = self._full_tables(model, cache.max_len, device)
+        # Additive float masks spare SDPA a bool->float conversion per layer; soft-capped attention
+        # (Gemma 2) masks its scores itself and takes the bool mask.
+        self.float_mask = model.config.attn_logit_softcap is None
         self.graph = None
         self.logits: torch.Tensor | None = None
 
-    def _tables(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    @staticmethod
+    def _full_tables(model, max_len: int, device) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
+        """cos/sin for every cache position, per distinct rope, gathered inside the step by position.
+        None for ropes whose tables depend on the sequence length (dynamic NTK, LongRoPE)."""
+        cfg = model.config
+        ropes = {id(cfg.rope_for_layer(i)): cfg.rope_for_layer(i) for i in range(cfg.num_layers)}
+        if any(r.rope_type in ("dynamic", "longrope") for r in ropes.values()):
+            return None
+        positions = torch.arange(max_len, device=device)[None]
+        out = {}
+        for key, rope in ropes.items():
+            cos, sin = rope_cos_sin(rope, cfg.head_dim, cfg.max_position_embeddings, positions, model.dtype)
+            out[key] = (cos[0], sin[0])
+        return out
+
+    def _gathered_tables(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        cfg, b = self.model.config, self.pos.shape[0]
+        idx = self.pos.view(-1)
+        by_rope = {
+            key: (cos.index_select(0, idx).view(b, 1, -1), sin.index_select(0, idx).view(b, 1, -1))
+            for key, (cos, sin) in self.full_tables.items()
+        }
+        return {i: by_rope[id(cfg.rope_for_layer(i))] for i in range(cfg.num_layers)}
+
+    def _tables(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
         """Rope cos/sin per layer for the current positions, computed eagerly (LongRoPE picks its
-        factors from the length, a host-side decision) and copied into static buffers."""
+        factors from the length, a host-side decision) and copied into static buffers; None when
+        the step gathers them from the precomputed tables itself."""
+        if self.full_tables is not None:
+            return None
         fresh = self.model._rope_tables(self.pos, self.model.dtype)
         out = {}
         for layer, (cos, sin) in fresh.items():
@@ -70,6 +102,9 @@ class StaticDecodeStep:
 
     def _forward(self, tables) -> torch.Tensor:
         model, cfg = self.model, self.model.config
+        self.valid.index_fill_(1, self.column, True)
+        if tables is None:
+            tables = self._gathered_tables()
         x = model.embed_tokens(self.tok)
         if cfg.embed_scale != 1.0:
             x = x * torch.tensor(cfg.embed_scale, dtype=x.dtype)
@@ -80,7 +115,12 @@ class StaticDecodeStep:
                 allowed = self.valid
                 if window is not None:
                     allowed = allowed & (self.kv_idx > self.column - window)[None, :]
-                masks[window] = allowed[:, None, None, :]
+                allowed = allowed[:, None, None, :]
+                if self.float_mask:
+                    allowed = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(
+                        ~allowed, float("-inf")
+                    )
+                masks[window] = allowed
             cos, sin = tables[i]
             x = block(x, cos, sin, masks[window], self.writer, 0)
         return model.logits_from_hidden(model.norm(x))[:, -1]
@@ -89,7 +129,6 @@ class StaticDecodeStep:
         self.tok.copy_(tok.view(-1, 1))
         self.pos.copy_(pos)
         self.column.fill_(column)
-        self.valid[:, column] = True
         tables = self._tables()
         if not self.cuda_graph:
             return self._forward(tables)

@@ -37,11 +37,22 @@ def _dense_weight(base, dtype: torch.dtype) -> torch.Tensor:
     return w if w.dtype == dtype else w.to(dtype)
 
 
+def _stacked_a(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
+    """[A_1; A_2; ...] in ``dtype``, kept on the first module until any A changes."""
+    if len(pairs) == 1:
+        return pairs[0][0]
+    key = (dtype, *((id(m), m.lora_A._version, m.lora_A.data_ptr()) for m in mods))
+    cached = getattr(mods[0], "_stacked_a_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, torch.cat([a for a, _ in pairs]))
+        mods[0]._stacked_a_cache = cached
+    return cached[1]
+
+
 def _project(x2: torch.Tensor, mods: Sequence, dtype: torch.dtype) -> list[torch.Tensor]:
     """Forward of projections sharing the 2-D input ``x2``: one shared ``x A^T``, updates added in-GEMM."""
     pairs = [m.adapter_weights(dtype) for m in mods]
-    a_cat = pairs[0][0] if len(pairs) == 1 else torch.cat([a for a, _ in pairs])
-    xa = x2 @ a_cat.t()
+    xa = x2 @ _stacked_a(mods, pairs, dtype).t()
     outs, start = [], 0
     for m, (a, b) in zip(mods, pairs, strict=True):
         w = _dense_weight(m.base, dtype)
@@ -61,8 +72,7 @@ def _project_backward(
     pairs = [m.adapter_weights(dtype) for m in mods]
     xa = None
     if any(need_ab):
-        a_cat = pairs[0][0] if len(pairs) == 1 else torch.cat([a for a, _ in pairs])
-        xa = x2 @ a_cat.t()
+        xa = x2 @ _stacked_a(mods, pairs, dtype).t()
     dx, grads, start = None, [], 0
     for i, (m, (a, b), dy) in enumerate(zip(mods, pairs, dys, strict=True)):
         r = a.shape[0]
