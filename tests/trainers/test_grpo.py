@@ -136,3 +136,42 @@ def test_conversational_prompts_give_message_completions(saved_family, tmp_path)
     assert got["p"] == data[0]["prompt"]
     assert isinstance(got["c"], list) and got["c"][0]["role"] == "assistant"
     assert isinstance(got["c"][0]["content"], str)
+
+
+def low_word_share(prompts, completions, **_):
+    """Share of the completion's words among w4 ... w39 (about 1 in 4.4 for a random model)."""
+    out = []
+    for c in completions:
+        words = c.split()
+        out.append(sum(w.startswith("w") and int(w[1:]) < 40 for w in words) / max(len(words), 1))
+    return out
+
+
+def _sampled_reward(model, prompts, seed):
+    from loris.generation.params import SamplingParams
+
+    outs = model.fast_generate(
+        prompts, SamplingParams(temperature=1.0, max_tokens=6, n=16, seed=seed), lora_request="live"
+    )
+    rewards = [r for o in outs for r in low_word_share(None, [c.text for c in o.outputs])]
+    return sum(rewards) / len(rewards)
+
+
+def test_grpo_raises_the_reward_on_held_out_prompts(load_tiny, tmp_path):
+    """A dense, learnable reward rises on prompts the trainer never saw, by far more than the spread
+    of the estimate (16 samples of 6 words for each of 4 prompts: sd about 0.03). Full fine-tuning:
+    the tiny random model's LM head is too small for LoRA on the projections to move its sampling.
+    Seeds 0-5 measured 0.20-0.25 before and 0.88-1.0 after (10 steps instead of 14: 0.42-1.0)."""
+    seed = 0
+    model, tok = load_tiny()
+    held_out = [f"w{100 + i} w{120 + i}" for i in range(4)]
+    before = _sampled_reward(model, held_out, seed)
+    args = _args(tmp_path, max_steps=14, num_generations=8, per_device_train_batch_size=8, seed=seed)
+    args.learning_rate = 0.1
+    trainer = GRPOTrainer(model, low_word_share, args, train_dataset=_data(14), processing_class=tok)
+    trainer.train()
+    after = _sampled_reward(model, held_out, seed)
+    rewards = [e["reward"] for e in trainer.state.log_history if "reward" in e]
+    assert 0.1 < before < 0.35  # about 36/156 for an untrained model
+    assert after > before + 0.4 and after > 0.6, (before, after, rewards)
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.3, rewards

@@ -1,9 +1,14 @@
-"""`loris demo grpo`: SmolLM2-135M-Instruct learns, by GRPO, to answer sums inside <answer> tags.
+"""`loris demo grpo`: SmolLM2-135M-Instruct learns, by GRPO, to answer small sums inside <answer> tags.
 
-The reward is verifiable: 0.25 for each of the two tags, 0.5 when the tag holds only an integer,
-and 2.0 when that integer is the right sum. Before and after training the same held-out questions
-are answered greedily and scored with the same reward; the reward curve goes to
-``<output-dir>/reward.png``.
+The task is one the 135M model can already do now and then, so that the 8 samples of a prompt
+differ in reward and GRPO has a signal to follow: the system prompt asks for the answer inside
+``<answer></answer>`` and one worked example (a user turn and the assistant's tagged answer) shows
+the format. The reward is verifiable and gives partial credit: 0.5 when both tags are there, 0.5
+more when the tag holds only an integer, and 2.0 when that integer is the right sum (3.0 at most).
+
+Before and after training the same held-out questions are scored twice: answered greedily, and
+sampled at the training temperature (a few samples each: what the policy does, not only its mode).
+The training reward curve goes to ``<output-dir>/reward.png``.
 """
 
 from __future__ import annotations
@@ -18,19 +23,28 @@ from pathlib import Path
 import torch
 
 TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
+SYSTEM = "Answer with the result inside <answer></answer> tags and nothing else."
+EXAMPLE = ("What is 2 + 3?", "<answer>5</answer>")
+MAX_REWARD = 3.0
 
 
-def _question(a: int, b: int) -> list[dict[str, str]]:
-    text = f"What is {a} + {b}? Reply with only the number inside <answer></answer> tags, e.g. <answer>9</answer>."
-    return [{"role": "user", "content": text}]
+def question(a: int, b: int) -> list[dict[str, str]]:
+    """The chat for one sum: system instruction, one worked example, the question."""
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": EXAMPLE[0]},
+        {"role": "assistant", "content": EXAMPLE[1]},
+        {"role": "user", "content": f"What is {a} + {b}?"},
+    ]
 
 
-def make_rows(n: int, seed: int) -> list[dict]:
+def make_rows(n: int, seed: int, low: int = 1, high: int = 9) -> list[dict]:
+    """``n`` sums of two integers drawn from [low, high], with the answer as a column."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        a, b = rng.randint(1, 30), rng.randint(1, 30)
-        rows.append({"prompt": _question(a, b), "answer": str(a + b)})
+        a, b = rng.randint(low, high), rng.randint(low, high)
+        rows.append({"prompt": question(a, b), "answer": str(a + b)})
     return rows
 
 
@@ -39,10 +53,11 @@ def _text(completion) -> str:
 
 
 def format_reward(prompts, completions, **_) -> list[float]:
+    """0.5 for both tags, +0.5 when the (first) tag holds only an integer."""
     out = []
     for c in completions:
         t = _text(c)
-        r = 0.25 * ("<answer>" in t) + 0.25 * ("</answer>" in t)
+        r = 0.5 if ("<answer>" in t and "</answer>" in t) else 0.0
         m = TAG.search(t)
         if m and re.fullmatch(r"-?\d+", m.group(1)):
             r += 0.5
@@ -51,6 +66,7 @@ def format_reward(prompts, completions, **_) -> list[float]:
 
 
 def correct_reward(prompts, completions, answer, **_) -> list[float]:
+    """2.0 when the (first) tag holds exactly the expected answer."""
     out = []
     for c, want in zip(completions, answer, strict=True):
         m = TAG.search(_text(c))
@@ -62,68 +78,109 @@ def correct_reward(prompts, completions, answer, **_) -> list[float]:
 class GRPODemoSettings:
     model: str
     output_dir: str = "loris-demo-grpo"
-    max_steps: int = 30
+    max_steps: int = 40
     num_generations: int = 8
-    max_completion_length: int = 16
-    learning_rate: float = 2e-4
-    eval_questions: int = 16
-    eval_tokens: int = 24
+    prompts_per_step: int = 1
+    max_completion_length: int = 12
+    temperature: float = 1.0
+    learning_rate: float = 1e-4
+    beta: float = 0.0
     lora_r: int = 16
+    eval_questions: int = 32
+    eval_samples: int = 4
+    eval_tokens: int = 16
+    low: int = 1
+    high: int = 9
     seed: int = 3407
 
     @classmethod
     def quick(cls, model: str, output_dir: str) -> GRPODemoSettings:
-        return cls(
-            model, output_dir, max_steps=2, num_generations=4, max_completion_length=6, eval_questions=2
-        )
+        return cls(model, output_dir, max_steps=2, num_generations=4, eval_questions=2, eval_samples=2)
 
 
-def evaluate(model, tok, rows, max_tokens: int = 24) -> tuple[float, list[str]]:
+@dataclass
+class Score:
+    """Held-out reward: mean total, and the share of completions formatted / correct."""
+
+    reward: float
+    formatted: float
+    correct: float
+    texts: list[str]
+
+
+def _score(texts: list[str], answers: list[str]) -> Score:
+    fmt = format_reward(None, texts)
+    cor = correct_reward(None, texts, answers)
+    n = len(texts)
+    return Score(
+        reward=sum(f + c for f, c in zip(fmt, cor, strict=True)) / n,
+        formatted=sum(f == 1.0 for f in fmt) / n,
+        correct=sum(c > 0 for c in cor) / n,
+        texts=texts,
+    )
+
+
+def evaluate(model, tok, rows, s: GRPODemoSettings, seed: int = 0) -> tuple[Score, Score]:
+    """(greedy, sampled) held-out scores; sampling uses the training temperature and a fixed seed."""
     from loris.generation.params import SamplingParams
 
     prompts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-    outs = model.fast_generate(
-        prompts, SamplingParams(temperature=0, max_tokens=max_tokens), lora_request="live"
-    )
-    texts = [o.outputs[0].text for o in outs]
     answers = [r["answer"] for r in rows]
-    total = [
-        f + c for f, c in zip(format_reward(None, texts), correct_reward(None, texts, answers), strict=True)
-    ]
-    return sum(total) / len(total), texts
+    greedy = model.fast_generate(
+        prompts, SamplingParams(temperature=0, max_tokens=s.eval_tokens), lora_request="live"
+    )
+    sampled = model.fast_generate(
+        prompts,
+        SamplingParams(temperature=s.temperature, max_tokens=s.eval_tokens, n=s.eval_samples, seed=seed),
+        lora_request="live",
+    )
+    g = _score([o.outputs[0].text for o in greedy], answers)
+    texts = [c.text for o in sampled for c in o.outputs]
+    return g, _score(texts, [a for a in answers for _ in range(s.eval_samples)])
+
+
+def _line(name: str, g: Score, sm: Score) -> str:
+    return (
+        f"{name}: greedy {g.reward:.3f} (formatted {g.formatted:.0%}, correct {g.correct:.0%}) | "
+        f"sampled {sm.reward:.3f} (formatted {sm.formatted:.0%}, correct {sm.correct:.0%})"
+    )
 
 
 def run(s: GRPODemoSettings) -> dict:
     from loris import FastLanguageModel, GRPOConfig, GRPOTrainer
 
+    t_start = time.perf_counter()
     out = Path(s.output_dir)
     print(f"loading {Path(s.model).name} ...", flush=True)
     model, tok = FastLanguageModel.from_pretrained(s.model, load_in_4bit=False, max_seq_length=256)
-    train_rows = make_rows(max(64, s.max_steps), s.seed)
-    eval_rows = make_rows(s.eval_questions, s.seed + 1)
+    train_rows = make_rows(max(64, s.max_steps * s.prompts_per_step), s.seed, s.low, s.high)
+    eval_rows = make_rows(s.eval_questions, s.seed + 1, s.low, s.high)
     model = FastLanguageModel.get_peft_model(
         model,
         r=s.lora_r,
-        lora_alpha=2 * s.lora_r,
+        lora_alpha=s.lora_r,
         use_gradient_checkpointing=model.device.type == "cuda",
         random_state=s.seed,
     )
-    before, before_texts = evaluate(model, tok, eval_rows, s.eval_tokens)
-    print(f"held-out reward before training: {before:.3f} (max 3.0, {len(eval_rows)} questions)", flush=True)
+    n_eval = f"{len(eval_rows)} held-out sums, max {MAX_REWARD}"
+    before = evaluate(model, tok, eval_rows, s)
+    print(_line(f"reward before training ({n_eval})", *before), flush=True)
+    batch = s.num_generations * s.prompts_per_step
     args = GRPOConfig(
         output_dir=str(out),
-        per_device_train_batch_size=s.num_generations,
+        per_device_train_batch_size=batch,
         num_generations=s.num_generations,
         max_completion_length=s.max_completion_length,
         max_steps=s.max_steps,
         learning_rate=s.learning_rate,
         lr_scheduler_type="constant",
+        warmup_steps=0,
         logging_steps=1,
         save_strategy="no",
         optim="adamw_torch",
         loss_type="dapo",
-        beta=0.0,
-        temperature=1.0,
+        beta=s.beta,
+        temperature=s.temperature,
         seed=s.seed,
         bf16=model.dtype == torch.bfloat16,
         report_to="none",
@@ -138,16 +195,30 @@ def run(s: GRPODemoSettings) -> dict:
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
-    after, after_texts = evaluate(model, tok, eval_rows, s.eval_tokens)
+    after = evaluate(model, tok, eval_rows, s)
+    total = time.perf_counter() - t_start
+    print()
+    print(_line("reward before", *before))
+    print(_line("reward after ", *after))
     print(
-        f"\nheld-out reward: {before:.3f} before -> {after:.3f} after ({s.max_steps} steps, {seconds:.0f}s)"
+        f"held-out reward (greedy): {before[0].reward:.3f} -> {after[0].reward:.3f}; "
+        f"sampled: {before[1].reward:.3f} -> {after[1].reward:.3f} "
+        f"({s.max_steps} steps of {batch} completions, training {seconds:.0f}s, total {total:.0f}s)"
     )
-    for r, b, a in list(zip(eval_rows, before_texts, after_texts, strict=True))[:4]:
+    for r, b, a in list(zip(eval_rows, before[0].texts, after[0].texts, strict=True))[:4]:
         print(f"  expected {r['answer']:>3}: before {b.strip()[:40]!r} | after {a.strip()[:40]!r}")
     curve = out / "reward.png"
     print(f"reward curve: {curve if curve.is_file() else 'not drawn (matplotlib missing)'}")
     train_rewards = [e["reward"] for e in trainer.state.log_history if "reward" in e]
-    return {"before": before, "after": after, "train_rewards": train_rewards, "seconds": seconds}
+    return {
+        "before": before[0].reward,
+        "after": after[0].reward,
+        "before_sampled": before[1].reward,
+        "after_sampled": after[1].reward,
+        "train_rewards": train_rewards,
+        "seconds": seconds,
+        "total_seconds": total,
+    }
 
 
 def run_grpo_demo(args: argparse.Namespace) -> int:
