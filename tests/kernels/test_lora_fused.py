@@ -180,22 +180,18 @@ def _train(folder, device, dtype, fused: bool, monkeypatch, steps: int = 30):
         pytest.param(
             "gemma2", "cpu", torch.float32, 1e-5, 1e-4, id="gemma2-cpu-fp32", marks=pytest.mark.slow
         ),
-        pytest.param(
-            "llama", "cuda", torch.bfloat16, 2e-2, 5e-2, id="llama-cuda-bf16", marks=pytest.mark.gpu
-        ),
-        pytest.param(
-            "qwen3", "cuda", torch.bfloat16, 2e-2, 5e-2, id="qwen3-cuda-bf16", marks=pytest.mark.gpu
-        ),
+        pytest.param("llama", "cuda", torch.float32, 1e-5, 1e-4, id="llama-cuda-fp32", marks=pytest.mark.gpu),
+        pytest.param("qwen3", "cuda", torch.float32, 1e-5, 1e-4, id="qwen3-cuda-fp32", marks=pytest.mark.gpu),
     ],
 )
 def test_fused_training_converges_like_reference(
     family, device, dtype, loss_tol, weight_tol, saved_family, monkeypatch
 ):
     """30 AdamW steps (lr 1e-2): the loss at every step (1e-5 relative) and the final LoRA weights
-    (1e-4 relative L2) match the reference path, in fp32 on CPU and on CUDA (the CUDA run also
-    uses the Triton norm/rope/activation/cross-entropy kernels on both sides). In bf16, AdamW
-    turns rounding-level differences into diverging trajectories within 30 steps at this lr (measured
-    0.16 relative L2 on the weights on an H100), so bf16 parity is checked per op above."""
+    (1e-4 relative L2) match the reference path, in fp32 on CPU and on CUDA (the CUDA run uses the
+    Triton norm/rope/activation/cross-entropy kernels on both sides). In bf16, AdamW turns
+    rounding-level differences into diverging trajectories within 30 steps at this lr (0.16 and
+    0.06 relative L2 on the final weights on an H100), so bf16 parity is checked per op above."""
     _, folder = saved_family(family)
     loss_f, lora_f = _train(folder, device, dtype, True, monkeypatch)
     loss_r, lora_r = _train(folder, device, dtype, False, monkeypatch)
