@@ -117,6 +117,23 @@ def test_long_prompts_are_cut_from_the_left_with_a_warning(saved_family, tmp_pat
     with pytest.warns(UserWarning, match="truncated from the left"):
         ids = trainer._prompt_ids("w5 w6 w7 w8")
     assert ids == tok("w7 w8")["input_ids"][-2:] and tok.decode(ids) == "w7 w8"
+    # in training too: every rollout row starts from the last 2 prompt tokens, and the rewards see
+    # the prompts as the dataset has them
+    seen = []
+
+    def keep_prompts(prompts, completions, **_):
+        seen.extend(prompts)
+        return [0.0] * len(completions)
+
+    trainer = GRPOTrainer(
+        model, keep_prompts, _args(tmp_path, max_prompt_length=2), train_dataset=_data(), processing_class=tok
+    )
+    with pytest.warns(UserWarning, match="max_prompt_length=2"):
+        rollout = trainer._generate_and_score([0, 1])
+    assert rollout.tensors["prompt_ids"].shape == (8, 2)
+    want = [tok(_data()[i]["prompt"])["input_ids"][-2:] for i in (0, 1)]
+    assert rollout.tensors["prompt_ids"][::4].tolist() == want
+    assert seen == [_data()[i]["prompt"] for i in (0, 1) for _ in range(4)]
 
 
 def test_conversational_prompts_give_message_completions(saved_family, tmp_path):

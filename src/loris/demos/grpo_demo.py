@@ -38,14 +38,25 @@ def question(a: int, b: int) -> list[dict[str, str]]:
     ]
 
 
-def make_rows(n: int, seed: int, low: int = 1, high: int = 9) -> list[dict]:
-    """``n`` sums of two integers drawn from [low, high], with the answer as a column."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(low, high), rng.randint(low, high)
-        rows.append({"prompt": question(a, b), "answer": str(a + b)})
-    return rows
+def split_sums(seed: int, held_out: int = 24, low: int = 1, high: int = 9):
+    """All pairs (a, b) from [low, high]², shuffled, cut into (training pairs, held-out pairs).
+
+    The held-out sums are never trained on; the worked example's sum is never held out.
+    """
+    pairs = [(a, b) for a in range(low, high + 1) for b in range(low, high + 1)]
+    random.Random(seed).shuffle(pairs)
+    shown = tuple(int(x) for x in EXAMPLE[0][8:-1].split(" + "))
+    pairs.remove(shown)
+    return [shown, *pairs[held_out:]], pairs[:held_out]
+
+
+def make_rows(pairs: list[tuple[int, int]], n: int | None = None, seed: int = 0) -> list[dict]:
+    """Rows with a chat ``prompt`` and the ``answer`` column: ``n`` draws from ``pairs`` (with
+    replacement), or each pair once in order when ``n`` is None."""
+    if n is not None:
+        rng = random.Random(seed)
+        pairs = [rng.choice(pairs) for _ in range(n)]
+    return [{"prompt": question(a, b), "answer": str(a + b)} for a, b in pairs]
 
 
 def _text(completion) -> str:
@@ -78,24 +89,35 @@ def correct_reward(prompts, completions, answer, **_) -> list[float]:
 class GRPODemoSettings:
     model: str
     output_dir: str = "loris-demo-grpo"
-    max_steps: int = 40
+    max_steps: int = 30
     num_generations: int = 8
     prompts_per_step: int = 1
-    max_completion_length: int = 12
+    max_completion_length: int = 10
     temperature: float = 1.0
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     beta: float = 0.0
     lora_r: int = 16
-    eval_questions: int = 32
+    eval_questions: int = 24
     eval_samples: int = 4
-    eval_tokens: int = 16
+    eval_tokens: int = 12
     low: int = 1
     high: int = 9
     seed: int = 3407
 
     @classmethod
     def quick(cls, model: str, output_dir: str) -> GRPODemoSettings:
+        """Every stage in a few seconds of training (the reward need not move)."""
         return cls(model, output_dir, max_steps=2, num_generations=4, eval_questions=2, eval_samples=2)
+
+    @classmethod
+    def short(cls, model: str, output_dir: str) -> GRPODemoSettings:
+        """The test suite's form: 6 steps at a higher learning rate, 8 held-out sums x 4 samples.
+
+        Measured on the 2-core CPU machine: about 60 s in all; the sampled held-out reward rose
+        from 0.34-0.44 to 1.98-2.13 with seeds 3407, 4 and 5 (the greedy reward on only 8 sums is
+        too coarse to test on: one seed left it at 2.25).
+        """
+        return cls(model, output_dir, max_steps=6, learning_rate=5e-4, eval_questions=8, eval_samples=4)
 
 
 @dataclass
@@ -153,8 +175,9 @@ def run(s: GRPODemoSettings) -> dict:
     out = Path(s.output_dir)
     print(f"loading {Path(s.model).name} ...", flush=True)
     model, tok = FastLanguageModel.from_pretrained(s.model, load_in_4bit=False, max_seq_length=256)
-    train_rows = make_rows(max(64, s.max_steps * s.prompts_per_step), s.seed, s.low, s.high)
-    eval_rows = make_rows(s.eval_questions, s.seed + 1, s.low, s.high)
+    train_pairs, held_out = split_sums(s.seed, s.eval_questions, s.low, s.high)
+    train_rows = make_rows(train_pairs, max(64, s.max_steps * s.prompts_per_step), s.seed)
+    eval_rows = make_rows(held_out)
     model = FastLanguageModel.get_peft_model(
         model,
         r=s.lora_r,
