@@ -81,7 +81,7 @@ class GRPOConfig(TrainingConfig):
     num_iterations: int = 1
     mask_truncated_completions: bool = False
     log_completions: bool = False
-    logprob_chunk_size: int = 512
+    logprob_chunk_size: int = 128  # ~6 fp32 (chunk, vocab) buffers live at once: 0.4 GB at 128k vocab
     generation_decode: str = "auto"
     use_vllm: bool = False  # accepted (Unsloth/TRL notebooks): loris's own engine always generates
     vllm_sampling_params: Any = None  # a SamplingParams: its top_p / top_k / min_p / repetition_penalty apply

@@ -27,9 +27,9 @@ def _chunk_logps(model, h: torch.Tensor, targets: torch.Tensor, temperature: flo
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
-    with torch.no_grad():
+    with torch.no_grad():  # H = lse - Σ p·z, the sum as a batched dot product (no (c, vocab) product)
         probs = torch.softmax(logits, dim=-1)
-        entropy = lse - (probs * logits).sum(-1)
+        entropy = lse - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
     return logp, entropy
 
 
@@ -40,7 +40,7 @@ def completion_logps(
     completion_len: int,
     *,
     temperature: float = 1.0,
-    chunk_size: int = 512,
+    chunk_size: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies (rows, completion_len) of the last ``completion_len`` tokens.
 
