@@ -339,6 +339,28 @@ def test_quantization_names_in_any_case():
         resolve_quantization_methods("Q9_9")
 
 
+def test_quantization_type_is_the_gemma_notebooks_spelling(monkeypatch, tmp_path):
+    import types
+
+    import loris.export.gguf as gguf_mod
+    from loris.models.decoder import LorisForCausalLM
+
+    seen = []
+    monkeypatch.setattr(
+        gguf_mod,
+        "save_gguf",
+        lambda model, d, tok, quantization_method, **kw: seen.append(quantization_method),
+    )
+    dummy = types.SimpleNamespace(tokenizer=None)
+    LorisForCausalLM.save_pretrained_gguf(dummy, tmp_path, quantization_type="Q8_0")
+    LorisForCausalLM.save_pretrained_gguf(dummy, tmp_path, quantization_method="q4_k_m")
+    assert seen == ["Q8_0", "q4_k_m"]
+    with pytest.raises(ValueError, match="disagree"):
+        LorisForCausalLM.save_pretrained_gguf(
+            dummy, tmp_path, quantization_method="q4_k_m", quantization_type="Q8_0"
+        )
+
+
 # ---- GRPOConfig as the GRPO notebooks spell it -----------------------------------------------------
 
 

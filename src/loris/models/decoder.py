@@ -399,15 +399,25 @@ class LorisForCausalLM(nn.Module):
         first_conversion=None,
         backend: str = "loris",
         validate: bool = False,
+        quantization_type: str | list[str] | None = None,
         **_: object,
     ):
         """Unsloth's name: GGUF file(s) ``<name>.<QUANT>.gguf`` (+ Modelfile); see `loris.export.gguf`.
+
+        ``quantization_type`` is the spelling of Unsloth's Gemma-3 notebooks; it means ``quantization_method``.
 
         ``backend="llama.cpp"`` quantizes with llama-cpp-python's quantizer instead of loris' own.
         ``validate=True`` checks each file in llama.cpp and the Modelfile (`loris.export.validate`)."""
         from loris.export.gguf import save_gguf
 
         tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
+        if quantization_type is not None:
+            if quantization_method not in ("fast_quantized", quantization_type):
+                raise ValueError(
+                    f"quantization_method={quantization_method!r} and quantization_type={quantization_type!r} "
+                    "disagree: pass one of them"
+                )
+            quantization_method = quantization_type
         paths = save_gguf(
             self,
             save_directory,
