@@ -317,17 +317,43 @@ def cmd_suite(args) -> int:
     return 0
 
 
+H100_BF16_DENSE_FLOPS = 989.4e12  # H100 SXM, dense bf16 tensor-core peak
+
+
+def flops_per_token(shape: str, seq: int) -> float:
+    """Model FLOPs per trained token for LoRA on frozen weights: forward (2N) and input gradients (2N)
+    of every linear incl. the LM head, plus causal attention (2·s·d forward, 4·s·d backward per
+    layer). Recomputation, the LoRA matmuls and NF4 dequantization are not counted (MFU counts the
+    model's work, not the implementation's)."""
+    c = SHAPES[shape]
+    h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    q = c["num_attention_heads"] * c["head_dim"]
+    kv = c["num_key_value_heads"] * c["head_dim"]
+    per_layer = h * (q + 2 * kv) + q * h + 3 * h * inter
+    n = layers * per_layer + h * VOCAB
+    return 4 * n + 6 * seq * q * layers
+
+
+def mfu(row: dict) -> float | None:
+    """Model FLOPs utilisation of a result row, against the H100's dense bf16 peak."""
+    if not row.get("ok") or "H100" not in str(row.get("gpu", "")):
+        return None
+    return row["tokens_per_s"] * flops_per_token(row["shape"], row["seq"]) / H100_BF16_DENSE_FLOPS
+
+
 def print_table(rows) -> None:
-    print("| setting | system | tokens/s | median-step tokens/s | peak GiB | loss first -> last |")
-    print("|---|---|---|---|---|---|")
+    print("| setting | system | tokens/s | median-step tokens/s | peak GiB | MFU | loss first -> last |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("ok"):
+            u = mfu(r)
             print(
                 f"| {r['setting']} | {r['system']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_median_step']:,.0f} | "
-                f"{r['peak_mem_gb']:.2f} | {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} |"
+                f"{r['peak_mem_gb']:.2f} | {'' if u is None else f'{100 * u:.1f}%'} | "
+                f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} |"
             )
         else:
-            print(f"| {r['setting']} | {r['system']} | failed | | | {r.get('error', '')[:80]} |")
+            print(f"| {r['setting']} | {r['system']} | failed | | | | {r.get('error', '')[:80]} |")
 
 
 def main() -> int:
@@ -348,7 +374,12 @@ def main() -> int:
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--timeout", type=int, default=400)
+    tb = sub.add_parser("table", help="print the Markdown table (with MFU) of a results JSON")
+    tb.add_argument("results")
     args = ap.parse_args()
+    if args.cmd == "table":
+        print_table(json.loads(Path(args.results).read_text()))
+        return 0
     return cmd_train(args) if args.cmd == "train" else cmd_suite(args)
 
 
