@@ -60,6 +60,9 @@ SETTINGS = {
     "lora": dict(shape="1b", qlora=False, batch=4, seq=2048),
     "qlora": dict(shape="8b", qlora=True, batch=2, seq=2048),
     "smoke": dict(shape="tiny", qlora=False, batch=2, seq=128),
+    # batch 1, the longest sequence that trains: doubling from 16k, then bisection to 4k tokens
+    "maxctx": dict(shape="8b", qlora=True, batch=1, seq=262144, search=True),
+    "maxctx-smoke": dict(shape="tiny", qlora=False, batch=1, seq=4096, search=True),
 }
 GiB = 1024**3
 
@@ -198,7 +201,7 @@ def train(args) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     res["trainable_params"] = sum(p.numel() for p in trainable)
     g = torch.Generator().manual_seed(1234)
-    n = args.warmup + args.steps
+    n = 0 if setting.get("search") else args.warmup + args.steps
     b, s = setting["batch"], setting["seq"]
     batches = [torch.randint(0, 128000, (b, s), generator=g).to(dev) for _ in range(n)]
     opt = torch.optim.AdamW(trainable, lr=2e-4)
@@ -211,6 +214,10 @@ def train(args) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
+    if setting.get("search"):
+        res.update(max_context(step, opt, dev, s))
+        res["versions"] = versions()
+        return res
     losses = [step(batches[i]) for i in range(args.warmup)]
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -232,6 +239,58 @@ def train(args) -> dict:
     res["losses"] = [round(float(x), 4) for x in losses]
     res["versions"] = versions()
     return res
+
+
+def max_context(step, opt, dev, hi: int, start: int = 16384, grain: int = 4096) -> dict:
+    """Largest batch-1 sequence (multiple of ``grain``, at most ``hi``) whose training step fits."""
+    import gc
+
+    import torch
+
+    start = min(start, hi)
+    tried = {}
+
+    def fits(seq: int) -> bool:
+        ids = torch.randint(0, 128000, (1, seq), device=dev)
+        try:
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            step(ids)
+            torch.cuda.synchronize()
+            tried[seq] = time.perf_counter() - t
+            return True
+        except torch.cuda.OutOfMemoryError:
+            tried[seq] = None
+            return False
+        finally:
+            opt.zero_grad(set_to_none=True)
+            del ids
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    lo, up = 0, None
+    seq = start
+    while seq <= hi:
+        if not fits(seq):
+            up = seq
+            break
+        lo, seq = seq, seq * 2
+    if up is None:  # every doubling fitted: try the cap itself
+        if lo < hi and fits(hi):
+            lo = hi
+        up = hi + grain if lo == hi else hi
+    while up - lo > grain:
+        mid = (lo + up) // 2 // grain * grain
+        if mid <= lo:
+            break
+        lo, up = (mid, up) if fits(mid) else (lo, mid)
+    return {
+        "max_seq": lo,
+        "step_s_at_max": tried.get(lo),
+        "tried": {str(k): v for k, v in sorted(tried.items())},
+        "peak_mem_gb": round(torch.cuda.max_memory_allocated() / GiB, 3),
+        "search_cap": hi,
+    }
 
 
 def versions() -> dict:
@@ -345,7 +404,11 @@ def print_table(rows) -> None:
     print("| setting | system | tokens/s | median-step tokens/s | peak GiB | MFU | loss first -> last |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        if r.get("ok"):
+        if r.get("ok") and "max_seq" in r:
+            print(
+                f"| {r['setting']} | {r['system']} | max context {r['max_seq']:,} tokens (cap {r['search_cap']:,}) | | | | |"
+            )
+        elif r.get("ok"):
             u = mfu(r)
             print(
                 f"| {r['setting']} | {r['system']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_median_step']:,.0f} | "
