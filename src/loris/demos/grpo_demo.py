@@ -6,9 +6,12 @@ differ in reward and GRPO has a signal to follow: the system prompt asks for the
 the format. The reward is verifiable and gives partial credit: 0.5 when both tags are there, 0.5
 more when the tag holds only an integer, and 2.0 when that integer is the right sum (3.0 at most).
 
-Before and after training the same held-out questions are scored twice: answered greedily, and
-sampled at the training temperature (a few samples each: what the policy does, not only its mode).
-The training reward curve goes to ``<output-dir>/reward.png``.
+Sums of two digits 1-9 are split once: 24 held-out sums are never trained on. Before and after
+training they are scored twice: answered greedily, and sampled at the training temperature (4
+samples each: what the policy does, not only its mode). The base model uses the tags in about 88%
+of greedy answers but only 30% of samples, and gets about 16% of the sums right; GRPO (LoRA r=16,
+lr 3e-4, beta 0, one prompt x 8 completions per step) moves both. The training reward curve goes
+to ``<output-dir>/reward.png``.
 """
 
 from __future__ import annotations

@@ -490,7 +490,12 @@ class GRPOTrainer(Trainer):
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         steps = [e["step"] for e in hist]
-        ax.plot(steps, [e["reward"] for e in hist], marker=".", label="reward (weighted sum)")
+        total = [e["reward"] for e in hist]
+        ax.plot(steps, total, marker=".", label="reward (weighted sum)")
+        if len(total) >= 10:  # one prompt's group per step is noisy: show the trend too
+            windows = [total[max(0, i - 4) : i + 1] for i in range(len(total))]
+            trend = [sum(w) / len(w) for w in windows]
+            ax.plot(steps, trend, color="black", linewidth=2, label="reward, mean of the last 5 steps")
         for key in sorted({k for e in hist for k in e if k.startswith("rewards/") and k.endswith("/mean")}):
             ax.plot(steps, [e.get(key, float("nan")) for e in hist], alpha=0.6, label=key[8:-5])
         ax.set_xlabel("optimizer step")
