@@ -8,10 +8,10 @@ more when the tag holds only an integer, and 2.0 when that integer is the right 
 
 Sums of two digits 1-9 are split once: 24 held-out sums are never trained on. Before and after
 training they are scored twice: answered greedily, and sampled at the training temperature (4
-samples each: what the policy does, not only its mode). The base model uses the tags in about 88%
-of greedy answers but only 30% of samples, and gets about 16% of the sums right; GRPO (LoRA r=16,
-lr 3e-4, beta 0, one prompt x 8 completions per step) moves both. The training reward curve goes
-to ``<output-dir>/reward.png``.
+samples each: what the policy does, not only its mode). The base model uses the tags in 79% of its
+greedy answers but only 34% of its samples, and gets 33% of the held-out sums right (greedy); GRPO
+(LoRA r=16, lr 3e-4, beta 0, one prompt x 8 completions per step, 30 steps) raised those to 100%,
+94% and 67% in the README's run. The training reward curve goes to ``<output-dir>/reward.png``.
 """
 
 from __future__ import annotations
