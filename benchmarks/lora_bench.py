@@ -46,6 +46,36 @@ SHAPES = {
         head_dim=128,
         tie_word_embeddings=False,
     ),
+    # Qwen3-1.7B and Gemma-2-2B shapes (qk-norm; soft-capping, sliding windows, GeGLU, 256k vocab)
+    "qwen3-1.7b": dict(
+        family="qwen3",
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+        max_position_embeddings=40960,
+    ),
+    "gemma2-2b": dict(
+        family="gemma2",
+        vocab_size=256000,
+        hidden_size=2304,
+        intermediate_size=9216,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        tie_word_embeddings=True,
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        max_position_embeddings=8192,
+    ),
     "tiny": dict(
         hidden_size=256,
         intermediate_size=512,
@@ -60,6 +90,8 @@ SETTINGS = {
     "lora": dict(shape="1b", qlora=False, batch=4, seq=2048),
     "qlora": dict(shape="8b", qlora=True, batch=2, seq=2048),
     "smoke": dict(shape="tiny", qlora=False, batch=2, seq=128),
+    "qwen3": dict(shape="qwen3-1.7b", qlora=False, batch=4, seq=2048),
+    "gemma2": dict(shape="gemma2-2b", qlora=False, batch=4, seq=2048),
     # batch 1, the longest sequence that trains: doubling from 16k, then bisection to 4k tokens
     "maxctx": dict(shape="8b", qlora=True, batch=1, seq=262144, search=True),
     "maxctx-smoke": dict(shape="tiny", qlora=False, batch=1, seq=4096, search=True),
@@ -68,31 +100,37 @@ GiB = 1024**3
 
 
 def make_checkpoint(shape: str, out: Path) -> None:
-    """A random bf16 Llama-3-shaped checkpoint plus a byte-level tokenizer of 128256 ids."""
+    """A random bf16 checkpoint of ``shape`` (Llama 3 unless the shape names another family) plus a
+    byte-level tokenizer of 128256 ids (the benchmark feeds ids below 128000)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        bos_token_id=128000,
-        eos_token_id=128001,
-        rope_scaling=dict(
-            rope_type="llama3",
-            factor=32.0 if shape != "8b" else 8.0,
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=8192,
-        ),
-        **SHAPES[shape],
-    )
+    spec = dict(SHAPES[shape])
+    family = spec.pop("family", "llama")
+    if family != "llama":
+        cfg = AutoConfig.for_model(family, bos_token_id=128000, eos_token_id=128001, **spec)
+    else:
+        cfg = LlamaConfig(
+            vocab_size=VOCAB,
+            max_position_embeddings=131072,
+            rms_norm_eps=1e-5,
+            rope_theta=500000.0,
+            bos_token_id=128000,
+            eos_token_id=128001,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=32.0 if shape != "8b" else 8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=8192,
+            ),
+            **spec,
+        )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
     model.save_pretrained(out, max_shard_size="5GB")
     del model
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"]
@@ -155,9 +193,10 @@ def load_system(system: str, ckpt: str, qlora: bool, seq: int, seed: int, res: d
     from transformers import AutoModelForCausalLM
 
     if system == "liger":
-        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        import liger_kernel.transformers as liger
 
-        apply_liger_kernel_to_llama()
+        family = json.loads((Path(ckpt) / "config.json").read_text())["model_type"]
+        getattr(liger, f"apply_liger_kernel_to_{family}")()
     kw = dict(dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0})
     if qlora:
         from transformers import BitsAndBytesConfig
@@ -386,10 +425,11 @@ def flops_per_token(shape: str, seq: int) -> float:
     model's work, not the implementation's)."""
     c = SHAPES[shape]
     h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    vocab = c.get("vocab_size", VOCAB)
     q = c["num_attention_heads"] * c["head_dim"]
     kv = c["num_key_value_heads"] * c["head_dim"]
     per_layer = h * (q + 2 * kv) + q * h + 3 * h * inter
-    n = layers * per_layer + h * VOCAB
+    n = layers * per_layer + h * vocab
     return 4 * n + 6 * seq * q * layers
 
 
