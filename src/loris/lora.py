@@ -20,7 +20,8 @@ from torch import nn
 
 from loris.kernels import kernels_disabled
 from loris.kernels.activations import ACTIVATION_IDS
-from loris.kernels.lora_fused import lora_mlp, lora_projections
+from loris.kernels.lora_fused import lora_mlp, lora_packed, lora_projections
+from loris.models.packing import packed_view
 from loris.quant import QuantizedLinear
 
 logger = logging.getLogger(__name__)
@@ -96,23 +97,57 @@ def _normalise_targets(targets, cfg: LoraConfig) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _fast(x: torch.Tensor) -> bool:
+    """Whether the fused paths run for ``x`` (CUDA, kernels not disabled); tests switch it on CPU."""
+    return x.is_cuda and not kernels_disabled()
+
+
 def _fused_path(x: torch.Tensor, mods) -> bool:
-    return (
-        x.is_cuda and not kernels_disabled() and all(isinstance(m, LoraLinear) and m.fusable() for m in mods)
-    )
+    return _fast(x) and all(isinstance(m, LoraLinear) and m.fusable() for m in mods)
+
+
+def _plain(m: nn.Module) -> bool:
+    """A slot that computes exactly its base linear (no adapter, or one that is off or merged)."""
+    return type(m) is nn.Linear or (isinstance(m, LoraLinear) and (m.disabled or m.merged))
+
+
+def _packed(x: torch.Tensor, mods):
+    """("plain" | "lora", weight, bias) when ``mods``' base weights are stacked in one buffer
+    (`loris.models.packing`) and the fused path applies; else None."""
+    if not _fast(x):
+        return None
+    if all(_plain(m) for m in mods):
+        kind = "plain"
+    elif all(isinstance(m, LoraLinear) and m.fusable() for m in mods):
+        kind = "lora"
+    else:
+        return None
+    view = packed_view([getattr(m, "base", m) for m in mods])
+    return None if view is None else (kind, *view)
 
 
 def project(x: torch.Tensor, mods) -> tuple[torch.Tensor, ...]:
-    """Several projections of one input (q/k/v): LoRA slots go through the fused path on CUDA."""
+    """Several projections of one input (q/k/v): one GEMM over stacked base weights when they are
+    packed, LoRA slots through the fused path on CUDA, else one module at a time."""
+    packed = _packed(x, mods)
+    if packed is not None:
+        kind, weight, bias = packed
+        y = F.linear(x, weight, bias) if kind == "plain" else lora_packed(x, mods, weight, bias)
+        return y.split([m.out_features for m in mods], dim=-1)
     if _fused_path(x, mods):
         return lora_projections(x, mods)
     return tuple(m(x) for m in mods)
 
 
 def gated_mlp(x: torch.Tensor, gate, up, down, activation: str, act_fn) -> torch.Tensor:
-    """``down(act(gate(x)) * up(x))``; the fused LoRA MLP on CUDA when all three are LoRA slots."""
+    """``down(act(gate(x)) * up(x))``; the fused LoRA MLP on CUDA when all three are LoRA slots,
+    with gate and up as one GEMM when their weights are packed."""
+    packed = _packed(x, (gate, up))
+    if packed is not None and packed[0] == "plain":
+        g, u = F.linear(x, packed[1], packed[2]).split(gate.out_features, dim=-1)
+        return down(act_fn(g, u))
     if _fused_path(x, (gate, up, down)):
-        return lora_mlp(x, gate, up, down, ACTIVATION_IDS[activation])
+        return lora_mlp(x, gate, up, down, ACTIVATION_IDS[activation], packed=packed and packed[1:])
     return down(act_fn(gate(x), up(x)))
 
 

@@ -14,8 +14,9 @@ from kernel_testing import interpreted
 import loris.lora as lora_mod
 from loris.kernels.activations import ACTIVATION_IDS, gated_backward, swiglu_reference
 from loris.kernels.activations import geglu_tanh_reference as geglu_reference
-from loris.kernels.lora_fused import lora_mlp, lora_projections
+from loris.kernels.lora_fused import lora_mlp, lora_packed, lora_projections
 from loris.lora import LoraLinear
+from loris.models.packing import pack, packed_view
 
 DEVICES = [
     pytest.param("cpu", torch.float32, 1e-5, id="cpu-fp32"),
@@ -68,6 +69,47 @@ def test_projections_match_modules(device, dtype, tol):
         assert a.shape == b.shape and _rel(a, b) < tol
     for a, b in zip(_grads(mods, x), ref_grads, strict=True):
         assert a.dtype == b.dtype and _rel(a, b) < tol
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_projections_match_modules(device, dtype, tol, bias):
+    mods = [_lora(48, 40, dtype, device, bias=bias, seed=0), _lora(48, 24, dtype, device, bias=bias, seed=1)]
+    mods.append(_lora(48, 24, dtype, device, bias=bias, r=8, seed=2))
+    assert pack([m.base for m in mods])
+    weight, b = packed_view([m.base for m in mods])
+    x = torch.randn(3, 7, 48, generator=torch.Generator().manual_seed(5)).to(device, dtype).requires_grad_()
+    w = torch.randn(88, device=device, dtype=dtype)
+
+    ref = torch.cat([m(x) for m in mods], -1)
+    (ref * w).sum().backward()
+    ref_grads = _grads(mods, x)
+    _zero(mods, x)
+
+    got = lora_packed(x, mods, weight, b)
+    (got * w).sum().backward()
+    assert got.shape == ref.shape and _rel(got, ref) < tol
+    for a, c in zip(_grads(mods, x), ref_grads, strict=True):
+        assert _rel(a, c) < tol
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICES)
+def test_packed_mlp_matches_modules(device, dtype, tol):
+    gate, up = _lora(32, 72, dtype, device, seed=0), _lora(32, 72, dtype, device, seed=1)
+    down = _lora(72, 32, dtype, device, seed=2)
+    mods = [gate, up, down]
+    assert pack([gate.base, up.base])
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(3)).to(device, dtype).requires_grad_()
+    w = torch.randn(32, device=device, dtype=dtype)
+    ref = down(swiglu_reference(gate(x), up(x)))
+    (ref * w).sum().backward()
+    ref_grads = _grads(mods, x)
+    _zero(mods, x)
+    got = lora_mlp(x, gate, up, down, ACTIVATION_IDS["silu"], packed=packed_view([gate.base, up.base]))
+    (got * w).sum().backward()
+    assert _rel(got, ref) < tol
+    for a, c in zip(_grads(mods, x), ref_grads, strict=True):
+        assert _rel(a, c) < tol
 
 
 def test_projections_over_nf4_base_match_modules():
@@ -143,12 +185,11 @@ def _train(folder, device, dtype, fused: bool, monkeypatch, steps: int = 30):
 
     taken = []
 
-    def fused_path(x, mods):
-        ok = fused and all(isinstance(m, LoraLinear) and m.fusable() for m in mods)
-        taken.append(ok)
-        return ok
+    def fast(x):  # switches the packed and fused paths on (also on CPU) or off
+        taken.append(fused)
+        return fused
 
-    monkeypatch.setattr(lora_mod, "_fused_path", fused_path)
+    monkeypatch.setattr(lora_mod, "_fast", fast)
     model, _ = FastLanguageModel.from_pretrained(
         str(folder), dtype=dtype, load_in_4bit=False, device_map=device
     )

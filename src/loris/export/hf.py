@@ -137,7 +137,10 @@ class _Entry:
     def tensors(self) -> dict[str, torch.Tensor]:
         w = self.planned.compute()
         if not self.quantize:
-            return {self.planned.name: w.to(self.dtype).contiguous()}
+            t = w.to(self.dtype)
+            if t.untyped_storage().nbytes() != t.numel() * t.element_size():  # a view of packed q/k/v
+                t = t.clone()
+            return {self.planned.name: t.contiguous()}
         from loris.quant import Linear4bit
 
         q = Linear4bit.from_float(w.to(self.dtype))

@@ -93,6 +93,53 @@ def _project_backward(
     return dx, grads
 
 
+def _block_b(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
+    """blockdiag(s_1 B_1, s_2 B_2, ...): one GEMM adds every update to a packed output."""
+    key = (dtype, *((id(m), m.lora_B._version, m.lora_B.data_ptr(), m.scaling) for m in mods))
+    cached = getattr(mods[0], "_block_b_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, torch.block_diag(*(b * m.scaling for m, (_, b) in zip(mods, pairs, strict=True))))
+        mods[0]._block_b_cache = cached
+    return cached[1]
+
+
+def _project_packed(x2, mods: Sequence, w: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
+    """Projections whose base weights are stacked in ``w``: one GEMM for the bases, one for the
+    shared ``x A^T``, one (block-diagonal B) adding every update. Returns (tokens, sum of outputs)."""
+    pairs = [m.adapter_weights(dtype) for m in mods]
+    xa = x2 @ _stacked_a(mods, pairs, dtype).t()
+    w = w if w.dtype == dtype else w.to(dtype)
+    y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
+    return y.addmm_(xa, _block_b(mods, pairs, dtype).t())
+
+
+def _project_packed_backward(x2, mods: Sequence, w, dy: torch.Tensor, dtype, need_dx: bool, need_ab):
+    """d input and (dA, dB) per projection for `_project_packed`; ``dy`` is (tokens, sum of outputs)."""
+    pairs = [m.adapter_weights(dtype) for m in mods]
+    a_cat, b_bd = _stacked_a(mods, pairs, dtype), _block_b(mods, pairs, dtype)
+    dyb = dy @ b_bd  # (tokens, sum of ranks), scalings included
+    dx = None
+    if need_dx:
+        dx = dy @ (w if w.dtype == dtype else w.to(dtype))
+        dx.addmm_(dyb, a_cat)
+    grads: list[torch.Tensor | None] = []
+    if not any(need_ab):
+        return dx, [None] * (2 * len(mods))
+    xa = x2 @ a_cat.t()
+    d_a = dyb.t() @ x2
+    d_b = dy.t() @ xa  # (sum of outputs, sum of ranks): only its diagonal blocks are used
+    r0 = o0 = 0
+    for i, (m, (a, b)) in enumerate(zip(mods, pairs, strict=True)):
+        r, n = a.shape[0], b.shape[0]
+        if need_ab[i]:
+            grads.append(d_a[r0 : r0 + r].to(m.lora_A.dtype))
+            grads.append((d_b[o0 : o0 + n, r0 : r0 + r] * m.scaling).to(m.lora_B.dtype))
+        else:
+            grads += [None, None]
+        r0, o0 = r0 + r, o0 + n
+    return dx, grads
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
@@ -143,16 +190,44 @@ class LoraProjectionsFunction(torch.autograd.Function):
         return (dx.view(ctx.shape) if dx is not None else None), None, *grads
 
 
+class LoraPackedFunction(torch.autograd.Function):
+    """LoRA projections of one input whose base weights are stacked (``w``, ``bias``); returns the
+    concatenated outputs. Inputs after ``bias`` are (A, B) per projection."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mods: tuple, w: torch.Tensor, bias, *adapters: torch.Tensor):
+        x2 = _rows(x)
+        y = _project_packed(x2, mods, w, bias, x.dtype)
+        ctx.save_for_backward(x2, *adapters)
+        ctx.mods, ctx.w, ctx.shape = mods, w, x.shape
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x2 = ctx.saved_tensors[0]
+        need = ctx.needs_input_grad
+        need_ab = [need[4 + 2 * i] or need[5 + 2 * i] for i in range(len(ctx.mods))]
+        dx, grads = _project_packed_backward(
+            x2, ctx.mods, ctx.w, _rows(dy).to(x2.dtype), x2.dtype, need[0], need_ab
+        )
+        return (dx.view(ctx.shape) if dx is not None else None), None, None, None, *grads
+
+
 class LoraMLPFunction(torch.autograd.Function):
     """``down(act(gate(x)) * up(x))`` with LoRA on all three; saves x, gate, up only."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mods: tuple, act: int, *adapters: torch.Tensor):
+    def forward(ctx, x: torch.Tensor, mods: tuple, act: int, packed, *adapters: torch.Tensor):
         x2 = _rows(x)
-        g, u = _project(x2, mods[:2], x.dtype)
+        if packed is None:
+            g, u = _project(x2, mods[:2], x.dtype)
+            gu = None
+        else:  # gate and up stacked: one GEMM, g and u are column halves of its output
+            gu = _project_packed(x2, mods[:2], packed[0], packed[1], x.dtype)
+            g, u = gu.split(mods[0].out_features, dim=1)
         (out,) = _project(_act(g, u, act), mods[2:], x.dtype)
         ctx.save_for_backward(x2, g, u, *adapters)
-        ctx.mods, ctx.act, ctx.shape = mods, act, x.shape
+        ctx.mods, ctx.act, ctx.shape, ctx.packed, ctx.gu = mods, act, x.shape, packed, gu
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -164,16 +239,21 @@ class LoraMLPFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         h = _act(g, u, ctx.act)  # recomputed, freed as soon as the down projection's grads exist
         dh, grads_down = _project_backward(
-            h, ctx.mods[2:], [_rows(dout).to(dtype)], dtype, True, [need[7] or need[8]]
+            h, ctx.mods[2:], [_rows(dout).to(dtype)], dtype, True, [need[8] or need[9]]
         )
         del h
-        dg, du = _act_backward_(dh, g, u, ctx.act)
+        dg, du = _act_backward_(dh, g, u, ctx.act)  # written over g and u
         del dh
-        dx, grads_gu = _project_backward(
-            x2, ctx.mods[:2], [dg, du], dtype, need[0], [need[3] or need[4], need[5] or need[6]]
-        )
-        ctx.mods = None
-        return (dx.view(ctx.shape) if dx is not None else None), None, None, *grads_gu, *grads_down
+        need_gu = [need[4] or need[5], need[6] or need[7]]
+        if ctx.packed is None:
+            dx, grads_gu = _project_backward(x2, ctx.mods[:2], [dg, du], dtype, need[0], need_gu)
+        else:  # g and u are the halves of one buffer, which now holds [dg | du]
+            dgu = torch.cat([dg, du], 1) if dg.data_ptr() != ctx.gu.data_ptr() else ctx.gu
+            dx, grads_gu = _project_packed_backward(
+                x2, ctx.mods[:2], ctx.packed[0], dgu, dtype, need[0], need_gu
+            )
+        ctx.mods = ctx.gu = None
+        return (dx.view(ctx.shape) if dx is not None else None), None, None, None, *grads_gu, *grads_down
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -189,10 +269,19 @@ def lora_projections(x: torch.Tensor, mods: Sequence) -> tuple[torch.Tensor, ...
         return LoraProjectionsFunction.apply(x.to(dtype), tuple(mods), *adapters)
 
 
-def lora_mlp(x: torch.Tensor, gate, up, down, act: int) -> torch.Tensor:
-    """``down(act(gate(x)) * up(x))`` for three LoRA projections; ``act`` from ACTIVATION_IDS."""
+def lora_mlp(x: torch.Tensor, gate, up, down, act: int, packed=None) -> torch.Tensor:
+    """``down(act(gate(x)) * up(x))`` for three LoRA projections; ``act`` from ACTIVATION_IDS;
+    ``packed``: (weight, bias) of gate and up stacked (`loris.models.packing`), or None."""
     dtype = _compute_dtype(x)
     mods = (gate, up, down)
     adapters = [t for m in mods for t in (m.lora_A, m.lora_B)]
     with torch.autocast(x.device.type, enabled=False):
-        return LoraMLPFunction.apply(x.to(dtype), mods, act, *adapters)
+        return LoraMLPFunction.apply(x.to(dtype), mods, act, packed, *adapters)
+
+
+def lora_packed(x: torch.Tensor, mods: Sequence, weight: torch.Tensor, bias) -> torch.Tensor:
+    """Concatenated outputs of LoRA projections whose base weights are stacked in ``weight``."""
+    dtype = _compute_dtype(x)
+    adapters = [t for m in mods for t in (m.lora_A, m.lora_B)]
+    with torch.autocast(x.device.type, enabled=False):
+        return LoraPackedFunction.apply(x.to(dtype), tuple(mods), weight, bias, *adapters)

@@ -18,6 +18,7 @@ from torch import nn
 from loris.models.config import ModelConfig
 from loris.models.decoder import LorisForCausalLM
 from loris.models.families import IGNORED_HF_KEYS, NameMapper
+from loris.models.packing import pack_projections
 from loris.quant import Linear4bit, quantized_linear
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -229,6 +230,7 @@ def build_model(
         raise ValueError(f"the checkpoint is missing {len(missing)} tensors, e.g. {missing[:5]}")
     for p in model.parameters():
         p.requires_grad_(False)
+    pack_projections(model)  # q/k/v and gate/up weights share one buffer each (16-bit bases)
     return model
 
 
