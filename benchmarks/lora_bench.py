@@ -172,6 +172,8 @@ def load_system(system: str, ckpt: str, qlora: bool, seq: int, seed: int, res: d
         )
         return model
     if system.startswith("loris"):
+        if system.endswith("unpacked"):  # A/B of the stacked q/k/v and gate/up GEMMs
+            os.environ["LORIS_PACK_PROJECTIONS"] = "0"
         from loris import FastLanguageModel
 
         model, _ = FastLanguageModel.from_pretrained(

@@ -61,3 +61,11 @@ def test_loading_packs_16bit_projections(saved_family):
     assert packed_view([mlp.gate_proj, mlp.up_proj]) is not None
     model = FastLanguageModel.get_peft_model(model, r=4)  # LoRA wraps the same views
     assert packed_view([attn.q_proj.base, attn.k_proj.base, attn.v_proj.base]) is not None
+
+
+def test_packing_can_be_switched_off(saved_family, monkeypatch):
+    monkeypatch.setenv("LORIS_PACK_PROJECTIONS", "0")
+    _, folder = saved_family("llama")
+    model, _ = FastLanguageModel.from_pretrained(str(folder), load_in_4bit=False)
+    attn = model.layers[0].self_attn
+    assert packed_view([attn.q_proj, attn.k_proj, attn.v_proj]) is None

@@ -14,6 +14,7 @@ takes over, and no second copy is left behind).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -87,7 +88,10 @@ def pack(linears: Sequence[nn.Module]) -> bool:
 
 
 def pack_projections(model: nn.Module) -> int:
-    """Pack every attention's q/k/v and every MLP's gate/up; returns how many groups were packed."""
+    """Pack every attention's q/k/v and every MLP's gate/up; returns how many groups were packed.
+    ``LORIS_PACK_PROJECTIONS=0`` keeps every weight apart (for side-by-side benchmarks)."""
+    if os.environ.get("LORIS_PACK_PROJECTIONS", "1") == "0":
+        return 0
     done = 0
     for block in getattr(model, "layers", []):
         attn, mlp = block.self_attn, block.mlp
