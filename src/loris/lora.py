@@ -20,7 +20,7 @@ from torch import nn
 
 from loris.kernels import kernels_disabled
 from loris.kernels.activations import ACTIVATION_IDS
-from loris.kernels.lora_fused import lora_mlp, lora_packed, lora_projections
+from loris.kernels.lora_fused import lora_mlp, lora_packed, lora_projections, memo_on
 from loris.models.packing import packed_view
 from loris.quant import QuantizedLinear
 
@@ -102,8 +102,12 @@ def _fast(x: torch.Tensor) -> bool:
     return x.is_cuda and not kernels_disabled()
 
 
+def _all_fusable(mods) -> bool:
+    return all(isinstance(m, LoraLinear) and m.fusable() for m in mods)
+
+
 def _fused_path(x: torch.Tensor, mods) -> bool:
-    return _fast(x) and all(isinstance(m, LoraLinear) and m.fusable() for m in mods)
+    return _fast(x) and _all_fusable(mods)
 
 
 def _plain(m: nn.Module) -> bool:
@@ -118,7 +122,7 @@ def _packed(x: torch.Tensor, mods):
         return None
     if all(_plain(m) for m in mods):
         kind = "plain"
-    elif all(isinstance(m, LoraLinear) and m.fusable() for m in mods):
+    elif _all_fusable(mods):
         kind = "lora"
     else:
         return None
@@ -198,13 +202,8 @@ class LoraLinear(nn.Module):
         a, b = self.lora_A, self.lora_B
         if a.dtype == dtype and b.dtype == dtype:
             return a, b
-        key = (a._version, b._version, dtype, a.data_ptr(), b.data_ptr())
-        cached = getattr(self, "_adapter_cache", None)
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, a.detach().to(dtype), b.detach().to(dtype))
-            self._adapter_cache = cached
-        return cached[1], cached[2]
+        key = (dtype, a._version, a.data_ptr(), b._version, b.data_ptr())
+        return memo_on(self, "_adapter_cache", key, lambda: (a.detach().to(dtype), b.detach().to(dtype)))
 
     def fusable(self) -> bool:
         """Whether the fused LoRA path (loris.kernels.lora_fused) computes exactly this module."""

@@ -156,6 +156,28 @@ def test_mlp_matches_modules(device, dtype, tol, act):
         assert _rel(a, b) < tol
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_mlp_backward_uses_only_what_it_saved(packed):
+    """Activation checkpointing hands backward recomputed copies of the saved tensors, not the
+    forward's: the MLP must keep nothing on the side (a ctx attribute would go stale and stay alive)."""
+    gate, up = _lora(32, 72, torch.float32, "cpu", seed=0), _lora(32, 72, torch.float32, "cpu", seed=1)
+    down = _lora(72, 32, torch.float32, "cpu", seed=2)
+    mods = [gate, up, down]
+    if packed:
+        assert pack([gate.base, up.base])
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    ref = down(swiglu_reference(gate(x), up(x)))
+    ref.square().sum().backward()
+    ref_grads = _grads(mods, x)
+    _zero(mods, x)
+    view = packed_view([gate.base, up.base]) if packed else None
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        got = lora_mlp(x, gate, up, down, ACTIVATION_IDS["silu"], packed=view)
+    got.square().sum().backward()
+    for a, c in zip(_grads(mods, x), ref_grads, strict=True):
+        assert _rel(a, c) < 1e-5
+
+
 def test_mlp_backward_cannot_run_twice():
     mods = [_lora(16, 24, torch.float32, "cpu", seed=i) for i in range(2)] + [
         _lora(24, 16, torch.float32, "cpu")

@@ -30,23 +30,31 @@ from loris.kernels.activations import gated_backward, gated_forward, gated_parts
 from loris.quant import QuantizedLinear
 
 
+def memo_on(owner, attr: str, key: tuple, build):
+    """``build()``, kept on ``owner`` as ``attr`` until ``key`` (versions of the tensors it was built
+    from) changes: derived adapter tensors are rebuilt once per optimizer step, not once per use."""
+    cached = getattr(owner, attr, None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, build())
+        setattr(owner, attr, cached)
+    return cached[1]
+
+
+def _versions(tensors) -> tuple:
+    return tuple((t._version, t.data_ptr()) for t in tensors)
+
+
 def _dense_weight(base, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(base, QuantizedLinear):
-        return base.dequantize(dtype)
-    w = base.weight
-    return w if w.dtype == dtype else w.to(dtype)
+    return base.dequantize(dtype) if isinstance(base, QuantizedLinear) else base.weight.to(dtype)
 
 
 def _stacked_a(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
     """[A_1; A_2; ...] in ``dtype``, kept on the first module until any A changes."""
     if len(pairs) == 1:
         return pairs[0][0]
-    key = (dtype, *((id(m), m.lora_A._version, m.lora_A.data_ptr()) for m in mods))
-    cached = getattr(mods[0], "_stacked_a_cache", None)
-    if cached is None or cached[0] != key:
-        cached = (key, torch.cat([a for a, _ in pairs]))
-        mods[0]._stacked_a_cache = cached
-    return cached[1]
+    key = (dtype, *map(id, mods), *_versions(m.lora_A for m in mods))
+    return memo_on(mods[0], "_stacked_a_cache", key, lambda: torch.cat([a for a, _ in pairs]))
 
 
 def _project(x2: torch.Tensor, mods: Sequence, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -95,12 +103,13 @@ def _project_backward(
 
 def _block_b(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
     """blockdiag(s_1 B_1, s_2 B_2, ...): one GEMM adds every update to a packed output."""
-    key = (dtype, *((id(m), m.lora_B._version, m.lora_B.data_ptr(), m.scaling) for m in mods))
-    cached = getattr(mods[0], "_block_b_cache", None)
-    if cached is None or cached[0] != key:
-        cached = (key, torch.block_diag(*(b * m.scaling for m, (_, b) in zip(mods, pairs, strict=True))))
-        mods[0]._block_b_cache = cached
-    return cached[1]
+    key = (dtype, *map(id, mods), *(m.scaling for m in mods), *_versions(m.lora_B for m in mods))
+    return memo_on(
+        mods[0],
+        "_block_b_cache",
+        key,
+        lambda: torch.block_diag(*(b * m.scaling for m, (_, b) in zip(mods, pairs, strict=True))),
+    )
 
 
 def _project_packed(x2, mods: Sequence, w: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
@@ -108,7 +117,7 @@ def _project_packed(x2, mods: Sequence, w: torch.Tensor, bias, dtype: torch.dtyp
     shared ``x A^T``, one (block-diagonal B) adding every update. Returns (tokens, sum of outputs)."""
     pairs = [m.adapter_weights(dtype) for m in mods]
     xa = x2 @ _stacked_a(mods, pairs, dtype).t()
-    w = w if w.dtype == dtype else w.to(dtype)
+    w = w.to(dtype)
     y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
     return y.addmm_(xa, _block_b(mods, pairs, dtype).t())
 
@@ -120,7 +129,7 @@ def _project_packed_backward(x2, mods: Sequence, w, dy: torch.Tensor, dtype, nee
     dyb = dy @ b_bd  # (tokens, sum of ranks), scalings included
     dx = None
     if need_dx:
-        dx = dy @ (w if w.dtype == dtype else w.to(dtype))
+        dx = dy @ w.to(dtype)
         dx.addmm_(dyb, a_cat)
     grads: list[torch.Tensor | None] = []
     if not any(need_ab):
@@ -221,20 +230,29 @@ class LoraMLPFunction(torch.autograd.Function):
         x2 = _rows(x)
         if packed is None:
             g, u = _project(x2, mods[:2], x.dtype)
-            gu = None
+            kept = (g, u)
         else:  # gate and up stacked: one GEMM, g and u are column halves of its output
             gu = _project_packed(x2, mods[:2], packed[0], packed[1], x.dtype)
             g, u = gu.split(mods[0].out_features, dim=1)
+            kept = (gu,)
         (out,) = _project(_act(g, u, act), mods[2:], x.dtype)
-        ctx.save_for_backward(x2, g, u, *adapters)
-        ctx.mods, ctx.act, ctx.shape, ctx.packed, ctx.gu = mods, act, x.shape, packed, gu
+        # Everything backward needs goes through save_for_backward (never a ctx attribute), so
+        # activation checkpointing can drop it and recompute it.
+        ctx.save_for_backward(x2, *kept, *adapters)
+        ctx.mods, ctx.act, ctx.shape, ctx.packed = mods, act, x.shape, packed
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
         if ctx.mods is None:
             raise RuntimeError("the fused LoRA MLP's backward reuses its saved tensors: it cannot run twice")
-        x2, g, u = ctx.saved_tensors[:3]
+        saved = ctx.saved_tensors
+        x2 = saved[0]
+        if ctx.packed is None:
+            g, u = saved[1], saved[2]
+        else:
+            gu = saved[1]
+            g, u = gu.split(ctx.mods[0].out_features, dim=1)
         dtype = x2.dtype
         need = ctx.needs_input_grad
         h = _act(g, u, ctx.act)  # recomputed, freed as soon as the down projection's grads exist
@@ -248,11 +266,10 @@ class LoraMLPFunction(torch.autograd.Function):
         if ctx.packed is None:
             dx, grads_gu = _project_backward(x2, ctx.mods[:2], [dg, du], dtype, need[0], need_gu)
         else:  # g and u are the halves of one buffer, which now holds [dg | du]
-            dgu = torch.cat([dg, du], 1) if dg.data_ptr() != ctx.gu.data_ptr() else ctx.gu
             dx, grads_gu = _project_packed_backward(
-                x2, ctx.mods[:2], ctx.packed[0], dgu, dtype, need[0], need_gu
+                x2, ctx.mods[:2], ctx.packed[0], gu, dtype, need[0], need_gu
             )
-        ctx.mods = ctx.gu = None
+        ctx.mods = None
         return (dx.view(ctx.shape) if dx is not None else None), None, None, None, *grads_gu, *grads_down
 
 
@@ -261,27 +278,26 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
-def lora_projections(x: torch.Tensor, mods: Sequence) -> tuple[torch.Tensor, ...]:
-    """The outputs of LoRA projections ``mods`` applied to ``x`` (autocast honoured, then off inside)."""
+def _apply(function, x: torch.Tensor, mods: Sequence, *args):
+    """``function.apply(x, mods, *args, A_1, B_1, ...)`` in the compute dtype (autocast's when on),
+    with autocast off inside: the Functions cast for themselves."""
     dtype = _compute_dtype(x)
     adapters = [t for m in mods for t in (m.lora_A, m.lora_B)]
     with torch.autocast(x.device.type, enabled=False):
-        return LoraProjectionsFunction.apply(x.to(dtype), tuple(mods), *adapters)
+        return function.apply(x.to(dtype), tuple(mods), *args, *adapters)
+
+
+def lora_projections(x: torch.Tensor, mods: Sequence) -> tuple[torch.Tensor, ...]:
+    """The outputs of LoRA projections ``mods`` applied to ``x``."""
+    return _apply(LoraProjectionsFunction, x, mods)
 
 
 def lora_mlp(x: torch.Tensor, gate, up, down, act: int, packed=None) -> torch.Tensor:
     """``down(act(gate(x)) * up(x))`` for three LoRA projections; ``act`` from ACTIVATION_IDS;
     ``packed``: (weight, bias) of gate and up stacked (`loris.models.packing`), or None."""
-    dtype = _compute_dtype(x)
-    mods = (gate, up, down)
-    adapters = [t for m in mods for t in (m.lora_A, m.lora_B)]
-    with torch.autocast(x.device.type, enabled=False):
-        return LoraMLPFunction.apply(x.to(dtype), mods, act, packed, *adapters)
+    return _apply(LoraMLPFunction, x, (gate, up, down), act, packed)
 
 
 def lora_packed(x: torch.Tensor, mods: Sequence, weight: torch.Tensor, bias) -> torch.Tensor:
     """Concatenated outputs of LoRA projections whose base weights are stacked in ``weight``."""
-    dtype = _compute_dtype(x)
-    adapters = [t for m in mods for t in (m.lora_A, m.lora_B)]
-    with torch.autocast(x.device.type, enabled=False):
-        return LoraPackedFunction.apply(x.to(dtype), tuple(mods), weight, bias, *adapters)
+    return _apply(LoraPackedFunction, x, mods, weight, bias)
