@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from loris.generation.kv_cache import KVCache
-from loris.models.rope import rope_cos_sin
 
 
 class _ColumnWriter:
@@ -60,27 +59,26 @@ class StaticDecodeStep:
 
     @staticmethod
     def _full_tables(model, max_len: int, device) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
-        """cos/sin for every cache position, per distinct rope, gathered inside the step by position.
-        None for ropes whose tables depend on the sequence length (dynamic NTK, LongRoPE)."""
+        """The model's per-layer cos/sin for every cache position (layers sharing a rope share the
+        tensors), gathered inside the step by position. None for ropes whose tables depend on the
+        sequence length (dynamic NTK, LongRoPE)."""
         cfg = model.config
-        ropes = {id(cfg.rope_for_layer(i)): cfg.rope_for_layer(i) for i in range(cfg.num_layers)}
-        if any(r.rope_type in ("dynamic", "longrope") for r in ropes.values()):
+        if any(cfg.rope_for_layer(i).rope_type in ("dynamic", "longrope") for i in range(cfg.num_layers)):
             return None
-        positions = torch.arange(max_len, device=device)[None]
-        out = {}
-        for key, rope in ropes.items():
-            cos, sin = rope_cos_sin(rope, cfg.head_dim, cfg.max_position_embeddings, positions, model.dtype)
-            out[key] = (cos[0], sin[0])
-        return out
+        return model._rope_tables(torch.arange(max_len, device=device)[None], model.dtype)
 
     def _gathered_tables(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        cfg, b = self.model.config, self.pos.shape[0]
-        idx = self.pos.view(-1)
-        by_rope = {
-            key: (cos.index_select(0, idx).view(b, 1, -1), sin.index_select(0, idx).view(b, 1, -1))
-            for key, (cos, sin) in self.full_tables.items()
-        }
-        return {i: by_rope[id(cfg.rope_for_layer(i))] for i in range(cfg.num_layers)}
+        b, idx = self.pos.shape[0], self.pos.view(-1)
+        gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        out = {}
+        for layer, (cos, sin) in self.full_tables.items():
+            if id(cos) not in gathered:  # once per distinct rope
+                gathered[id(cos)] = (
+                    cos[0].index_select(0, idx).view(b, 1, -1),
+                    sin[0].index_select(0, idx).view(b, 1, -1),
+                )
+            out[layer] = gathered[id(cos)]
+        return out
 
     def _tables(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
         """Rope cos/sin per layer for the current positions, computed eagerly (LongRoPE picks its
