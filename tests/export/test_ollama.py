@@ -1,8 +1,9 @@
 """Ollama Modelfiles: the TEMPLATE, run by Go's text/template as Ollama runs it, must render exactly what
 the Jinja chat template renders (BOS aside, which Ollama leaves to the tokenizer).
 
-Needs the ``go`` toolchain (Debian: ``apt-get install golang-go``); skipped without it. The Go harness is
-first checked against Ollama's own expected renders of its built-in templates.
+Needs the ``go`` toolchain (Debian: ``apt-get install golang-go``); skipped without it. The Go renderer
+and Ollama's message handling (`loris.export.gotemplate`) are first checked against Ollama's own
+expected renders of its built-in templates.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from loris.chat_templates import apply_chat_template, get_chat_template
 from loris.data.registry import TEMPLATES
+from loris.export import gotemplate
+from loris.export.gotemplate import ollama_chat
 from loris.export.ollama import modelfile_for
 
 REFERENCE = Path(
@@ -48,90 +49,13 @@ def build_tokenizer(bos: str = "<s>", eos: str = "</s>"):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos)
 
 
-# Renders each case the way Ollama's template.Execute does for templates that use .Messages: system
-# messages are collated into .System (joined by blank lines) and stay in .Messages; consecutive
-# messages of one role are merged.
-GO_HARNESS = r"""
-package main
-
-import (
-	"encoding/json"
-	"os"
-	"strings"
-	"text/template"
-)
-
-type Message struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
-}
-
-type Case struct {
-	Template string    `json:"template"`
-	Messages []Message `json:"messages"`
-}
-
-func main() {
-	var cases []Case
-	if err := json.NewDecoder(os.Stdin).Decode(&cases); err != nil {
-		panic(err)
-	}
-	out := make([]map[string]string, len(cases))
-	for i, c := range cases {
-		var system []string
-		var msgs []*Message
-		for j := range c.Messages {
-			m := c.Messages[j]
-			if m.Role == "system" {
-				system = append(system, m.Content)
-			}
-			if len(msgs) > 0 && msgs[len(msgs)-1].Role == m.Role {
-				msgs[len(msgs)-1].Content += "\n\n" + m.Content
-			} else {
-				msgs = append(msgs, &m)
-			}
-		}
-		t, err := template.New("t").Parse(c.Template)
-		if err != nil {
-			out[i] = map[string]string{"error": err.Error()}
-			continue
-		}
-		var b strings.Builder
-		values := map[string]any{"System": strings.Join(system, "\n\n"), "Messages": msgs, "Response": "", "Prompt": ""}
-		if err := t.Execute(&b, values); err != nil {
-			out[i] = map[string]string{"error": err.Error()}
-			continue
-		}
-		out[i] = map[string]string{"text": b.String()}
-	}
-	json.NewEncoder(os.Stdout).Encode(out)
-}
-"""
-
-
 @pytest.fixture(scope="module")
-def go_render(tmp_path_factory):
-    go = shutil.which("go")
-    if go is None:
+def go_render():
+    """Render (TEMPLATE, Ollama's data for a chat) pairs with Go's own text/template (loris builds a
+    small Go program for it, `loris.export.gotemplate.render_with_go`)."""
+    if not gotemplate.go_available():
         pytest.skip("the go toolchain is absent (apt-get install golang-go)")
-    folder = tmp_path_factory.mktemp("gorender")
-    (folder / "main.go").write_text(GO_HARNESS)
-    env_cache = {"GOCACHE": str(folder / "cache"), "GOPATH": str(folder / "gopath"), "HOME": str(folder)}
-    env = {**os.environ, **env_cache, "GO111MODULE": "off"}
-    subprocess.run([go, "build", "-o", str(folder / "render"), str(folder / "main.go")], check=True, env=env)
-
-    def render(cases: list[tuple[str, list[dict]]]) -> list[str]:
-        payload = json.dumps([{"template": t, "messages": m} for t, m in cases])
-        result = subprocess.run(
-            [str(folder / "render")], input=payload, capture_output=True, text=True, check=True
-        )
-        out = json.loads(result.stdout)
-        for (template, _), item in zip(cases, out, strict=True):
-            if "error" in item:
-                raise AssertionError(f"Go template failed: {item['error']}\n{template}")
-        return [item["text"] for item in out]
-
-    return render
+    return gotemplate.render_with_go
 
 
 # Ollama's template_test.go chats; testdata/<name>.gotmpl/<case> holds its expected renders.
@@ -158,7 +82,7 @@ def test_harness_reproduces_ollamas_own_renders(go_render):
         for case, keys in OLLAMA_CHATS.items():
             path = REFERENCE / "ollama" / "testdata" / entry["file"] / case
             if path.exists():
-                cases.append((template, [_MSG[k] for k in keys]))
+                cases.append((template, ollama_chat([_MSG[k] for k in keys])))
                 expected.append((name, case, path.read_text()))
     assert len(cases) >= 30
     for got, (name, case, want) in zip(go_render(cases), expected, strict=True):
@@ -175,13 +99,6 @@ def _parse_modelfile(text: str) -> dict:
         "system": system.group(1) if system else None,
         "stops": re.findall(r'^PARAMETER stop "(.*)"$', text, re.M),
     }
-
-
-def _as_ollama_sends(messages: list[dict], system: str | None) -> list[dict]:
-    """Ollama puts the Modelfile SYSTEM in front of a chat that has no system message."""
-    if system and not any(m["role"] == "system" for m in messages):
-        return [{"role": "system", "content": system}] + messages
-    return messages
 
 
 def _chats(renders: dict, name: str) -> list[list[dict]]:
@@ -209,7 +126,7 @@ def test_template_renders_like_the_jinja_template(go_render, renders, name):
     assert modelfile["from"] == "model.gguf" and modelfile["template"]
     assert modelfile["system"] == TEMPLATES[name].default_system_message
     chats = _chats(renders, name)
-    cases = [(modelfile["template"], _as_ollama_sends(chat, modelfile["system"])) for chat in chats]
+    cases = [(modelfile["template"], ollama_chat(chat, modelfile["system"])) for chat in chats]
     for chat, got in zip(chats, go_render(cases), strict=True):
         want = tok.apply_chat_template(
             chat, tokenize=False, add_generation_prompt=True, date_string="26 Jul 2024"
@@ -226,7 +143,7 @@ def test_system_message_override_becomes_system(go_render, renders, name):
     modelfile = _parse_modelfile(modelfile_for(tok, "m.gguf"))
     assert modelfile["system"] == "You are Loris."
     chat = renders["chats"]["multi"]
-    (got,) = go_render([(modelfile["template"], _as_ollama_sends(chat, modelfile["system"]))])
+    (got,) = go_render([(modelfile["template"], ollama_chat(chat, modelfile["system"]))])
     want = tok.apply_chat_template(
         chat, tokenize=False, add_generation_prompt=True, date_string="26 Jul 2024"
     )
@@ -254,7 +171,7 @@ def test_custom_input_output_template(go_render, renders, template):
     chats = [renders["chats"][c] for c in ("single", "multi")]
     if system:
         chats += [renders["chats"][c] for c in ("system", "system_multi")]
-    got = go_render([(modelfile["template"], _as_ollama_sends(c, modelfile["system"])) for c in chats])
+    got = go_render([(modelfile["template"], ollama_chat(c, modelfile["system"])) for c in chats])
     want = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
     assert got == want
 
