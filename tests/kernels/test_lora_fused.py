@@ -261,3 +261,23 @@ def test_fused_training_converges_like_reference(
     assert loss_r[-1] < loss_r[0] - 0.3  # the run learns, so matching it means something
     assert ((loss_f - loss_r).abs() / loss_r.abs()).max().item() < loss_tol
     assert _rel(lora_f, lora_r) < weight_tol
+
+
+def test_derived_adapter_tensors_are_refreshed_in_place():
+    """After an optimizer-style update the cast / stacked / block-diagonal tensors keep their storage
+    (a captured decode graph reads them) and hold the new values."""
+    from loris.kernels.lora_fused import _block_b, _stacked_a
+
+    mods = [_lora(16, 8, torch.float32, "cpu", seed=0), _lora(16, 12, torch.float32, "cpu", seed=1)]
+    pairs = [m.adapter_weights(torch.float64) for m in mods]
+    stacked, block = _stacked_a(mods, pairs, torch.float64), _block_b(mods, pairs, torch.float64)
+    ptrs = [t.data_ptr() for t in (*pairs[0], stacked, block)]
+    with torch.no_grad():
+        for m in mods:
+            m.lora_A.add_(1.0)
+            m.lora_B.mul_(3.0)
+    pairs2 = [m.adapter_weights(torch.float64) for m in mods]
+    stacked2, block2 = _stacked_a(mods, pairs2, torch.float64), _block_b(mods, pairs2, torch.float64)
+    assert [t.data_ptr() for t in (*pairs2[0], stacked2, block2)] == ptrs
+    torch.testing.assert_close(stacked2, torch.cat([m.lora_A.double() for m in mods]))
+    torch.testing.assert_close(block2, torch.block_diag(*(m.lora_B.double() * m.scaling for m in mods)))

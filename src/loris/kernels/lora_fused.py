@@ -32,13 +32,33 @@ from loris.quant import QuantizedLinear
 
 def memo_on(owner, attr: str, key: tuple, build):
     """``build()``, kept on ``owner`` as ``attr`` until ``key`` (versions of the tensors it was built
-    from) changes: derived adapter tensors are rebuilt once per optimizer step, not once per use."""
+    from) changes: derived adapter tensors are rebuilt once per optimizer step, not once per use.
+
+    A rebuild of the same shapes is copied into the tensors already handed out, so a CUDA graph
+    captured over them (the decode step) sees the new adapter without being captured again."""
     cached = getattr(owner, attr, None)
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, build())
+            fresh = build()
+            if cached is not None and _same_layout(cached[1], fresh):
+                for old, new in zip(_as_tuple(cached[1]), _as_tuple(fresh), strict=True):
+                    old.copy_(new)
+                fresh = cached[1]
+        cached = (key, fresh)
         setattr(owner, attr, cached)
     return cached[1]
+
+
+def _as_tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _same_layout(old, new) -> bool:
+    olds, news = _as_tuple(old), _as_tuple(new)
+    return len(olds) == len(news) and all(
+        o.shape == n.shape and o.dtype == n.dtype and o.device == n.device and o.stride() == n.stride()
+        for o, n in zip(olds, news, strict=True)
+    )
 
 
 def _versions(tensors) -> tuple:
