@@ -178,3 +178,144 @@ def test_fast_generate_outputs_and_stream(saved_family):
     )
     whole = fast_generate(model, ["w5 w6 w7 "], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0]
     assert "".join(pieces) == whole.text and len(pieces) > 1
+
+
+# ------------------------------------------------------------------- decode steps kept between calls
+STATIC = engine.EngineOptions(decode="static")
+EAGER = engine.EngineOptions(decode="eager")
+
+
+def _lora_model(saved_family, family="llama"):
+    _, folder = saved_family(family)
+    model, _ = _load(folder)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8, use_gradient_checkpointing=False)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def _only_step(model):
+    steps = engine.decode_steps(model)
+    assert len(steps) == 1
+    return next(iter(steps.values()))
+
+
+def test_static_step_is_reused_across_prompt_lengths_in_a_bucket(saved_family):
+    """A long batch then a short one (3 rows, 40 and 19 columns: one 64-column bucket): one step,
+    one cache, and the short call's stale columns (left by the long one) change nothing."""
+    model = _lora_model(saved_family)
+    long_prompts, short_prompts = _prompts(1, (30, 20, 25)), _prompts(2, (9, 4, 6))
+    first = _run(model, long_prompts, options=STATIC).rows()
+    step = _only_step(model)
+    keys = step.cache.keys[0]
+    assert step.cache.max_len == engine.DECODE_BUCKET and not step.in_use
+    second = _run(model, short_prompts, options=STATIC).rows()
+    assert _only_step(model) is step and step.cache.keys[0] is keys
+    assert first == _run(model, long_prompts, options=EAGER).rows()
+    assert second == _run(model, short_prompts, options=EAGER).rows()
+    assert list(engine.decode_steps(model).values()) == [step]  # the eager calls kept none
+
+
+def test_reused_step_sees_in_place_adapter_updates(saved_family):
+    model = _lora_model(saved_family)
+    prompts = _prompts()
+    before = _run(model, prompts, options=STATIC).rows()
+    step = _only_step(model)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # what an optimizer step does: the same tensors, new values
+        for _, m in lora_modules(model):
+            m.lora_B.add_(torch.randn(m.lora_B.shape, generator=g) * 0.5)
+    reused = _run(model, prompts, options=STATIC).rows()
+    assert _only_step(model) is step
+    assert engine.release_decode_steps(model) == 1
+    fresh = _run(model, prompts, options=STATIC).rows()
+    assert _only_step(model) is not step
+    assert reused == fresh == _run(model, prompts, options=EAGER).rows()
+    assert reused != before
+
+
+def test_disabling_adapters_selects_another_step(saved_family):
+    from loris.lora import adapters_disabled
+
+    model = _lora_model(saved_family)
+    prompts = _prompts()
+    live = _run(model, prompts, options=STATIC).rows()
+    live_step = _only_step(model)
+    with adapters_disabled(model):
+        base = _run(model, prompts, options=STATIC).rows()
+        base_eager = _run(model, prompts, options=EAGER).rows()
+    steps = list(engine.decode_steps(model).values())
+    assert len(steps) == 2 and steps[0] is live_step
+    assert base == base_eager and base != live
+    assert _run(model, prompts, options=STATIC).rows() == live
+    assert list(engine.decode_steps(model).values()) == [steps[1], live_step]  # most recent last
+
+
+def test_at_most_four_steps_least_recently_used_dropped(saved_family):
+    _, folder = saved_family("qwen2")
+    model, _ = _load(folder)
+    prompts = _prompts()
+
+    def rows_kept():
+        return [key[0][0] for key in engine.decode_steps(model)]
+
+    for n in (1, 2, 3, 4):
+        _run(model, prompts, n=n, max_new_tokens=2, options=STATIC)
+    assert rows_kept() == [3, 6, 9, 12]
+    _run(model, prompts, n=1, max_new_tokens=2, options=STATIC)  # used again: now the most recent
+    _run(model, prompts, n=5, max_new_tokens=2, options=STATIC)
+    assert engine.MAX_CACHED_STEPS == 4 and rows_kept() == [9, 12, 3, 15]
+    assert engine.release_decode_steps(model) == 4
+    assert engine.decode_steps(model) == {} and engine.release_decode_steps(model) == 0
+
+
+def test_merged_copies_and_model_copies_keep_no_steps(saved_family):
+    import copy
+
+    model = _lora_model(saved_family)
+    prompts = _prompts()
+    merged = _run(model, prompts, options=engine.EngineOptions(decode="static", merge_lora=True)).rows()
+    assert engine.decode_steps(model) == {}
+    live = _run(model, prompts, options=STATIC).rows()
+    assert merged == live and len(engine.decode_steps(model)) == 1
+    clone = copy.deepcopy(model)
+    assert engine.decode_steps(clone) == {}
+    assert _run(clone, prompts, options=STATIC).rows() == live
+    assert _only_step(clone).model is clone
+
+
+@torch.no_grad()
+def test_interleaved_calls_do_not_share_a_step(saved_family):
+    """A call started while another (a stream) is still decoding gets its own step and cache."""
+    model = _lora_model(saved_family)
+    a, b = _prompts(1), _prompts(2)
+    want_a, want_b = (_run(model, p, options=EAGER).tokens for p in (a, b))
+    _run(model, a, options=STATIC)  # a kept step for this shape
+    stream = engine.iterate(model, *engine.left_pad(a, 0), max_new_tokens=10, options=STATIC)
+    first = [next(stream)[0]]
+    got_b = _run(model, b, options=STATIC).tokens
+    first += [tok for tok, _ in stream]
+    assert torch.equal(torch.stack(first, 1), want_a) and torch.equal(got_b, want_b)
+    assert not _only_step(model).in_use
+
+
+def test_moved_tensors_replace_the_kept_step(saved_family):
+    """A graph reads tensors by address: a reassigned weight, or a derived tensor a module keeps
+    (lora_fused's memos) rebuilt as a new tensor, gives a new step, and the stale one is dropped."""
+    model = _lora_model(saved_family)
+    prompts = _prompts()
+    _run(model, prompts, options=STATIC)
+    first = _only_step(model)
+    _, m = next(lora_modules(model))
+    m.lora_B = torch.nn.Parameter(m.lora_B.detach() * 2)
+    reassigned = _run(model, prompts, options=STATIC).rows()
+    second = _only_step(model)
+    assert second is not first and reassigned == _run(model, prompts, options=EAGER).rows()
+    m._adapter_cache = (("a key",), (torch.zeros(2), torch.zeros(3)))  # as memo_on keeps them
+    _run(model, prompts, options=STATIC)
+    third = _only_step(model)
+    assert third is not second
+    _run(model, prompts, options=STATIC)
+    assert _only_step(model) is third

@@ -6,12 +6,24 @@ token per step for every row until each has hit an EOS id, a stop string or ``ma
 Rows that finished keep decoding padding (cheaper than reshaping the batch) and are masked out of
 the result. The decode step is the model's forward (eager, the default on CPU) or a fixed-shape
 step (`StaticDecodeStep`) that CUDA can capture in a graph.
+
+Fixed-shape steps are kept on the model between calls (`_DecodeSteps`, at most
+``MAX_CACHED_STEPS``) with their decode cache and, on CUDA, their captured graph: a GRPO run
+generates every step with new prompts of a slightly different length, and capturing a graph (and
+allocating a cache) per call costs more than the decode itself. The cache length is rounded up to
+``DECODE_BUCKET`` so those calls share one step; a reused step's cache and mask are refilled in
+place. Adapter weights are read by the graph where they live: in-place updates (optimizer steps)
+are seen, and the derived copies the fused LoRA kernels read (`loris.kernels.lora_fused.memo_on`)
+are refreshed in place by each call's prefill, an eager forward through the same modules, before
+the graph replays. `release_decode_steps` frees them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +33,17 @@ from loris.generation.kv_cache import KVCache
 from loris.generation.sampling import SamplingConfig, next_tokens
 from loris.generation.static_step import StaticDecodeStep
 from loris.generation.stop import StopStrings
+
+DECODE_BUCKET = 64
+"""Fixed-shape decode caches hold ``prompt + max_new_tokens`` columns rounded up to a multiple of
+this, so calls whose prompts differ by a few tokens reuse one step (and graph). The extra columns
+are masked out; attending over them costs at most 63 columns per step."""
+
+MAX_CACHED_STEPS = 4
+"""Decode steps kept per model, least recently used dropped first: each holds a decode cache (rows x
+bucket x layers) and, on CUDA, its graph's memory."""
+
+_STEPS_ATTR = "_loris_decode_steps"
 
 
 @dataclass
@@ -79,6 +102,91 @@ def _merged_copy(model):
     return clone
 
 
+class _DecodeSteps:
+    """A model's kept decode steps, by `_step_key`, least recently used first.
+
+    Never copied with the model (deepcopy, pickling): a step points into this model's memory and
+    holds a CUDA graph, so a copy starts empty."""
+
+    def __init__(self) -> None:
+        self.steps: OrderedDict[tuple, StaticDecodeStep] = OrderedDict()
+
+    def __deepcopy__(self, memo) -> _DecodeSteps:
+        return _DecodeSteps()
+
+    def __reduce__(self):
+        return (_DecodeSteps, ())
+
+    def get(self, key: tuple) -> StaticDecodeStep | None:
+        step = self.steps.get(key)
+        if step is not None:
+            self.steps.move_to_end(key)
+        return step
+
+    def put(self, key: tuple, step: StaticDecodeStep) -> None:
+        """Keep ``step``; a kept step of the same kind whose tensors have moved is dropped (a
+        graph would read the old addresses, and the model will not return to them)."""
+        for stale in [k for k in self.steps if k[0] == key[0] and k[1] != key[1]]:
+            del self.steps[stale]
+        self.steps[key] = step
+        self.steps.move_to_end(key)
+        while len(self.steps) > MAX_CACHED_STEPS:
+            self.steps.popitem(last=False)
+
+
+def decode_steps(model) -> dict[tuple, StaticDecodeStep]:
+    """The decode steps kept on ``model`` (a copy of the mapping, oldest use first); for tests."""
+    kept = model.__dict__.get(_STEPS_ATTR)
+    return dict(kept.steps) if kept is not None else {}
+
+
+def release_decode_steps(model) -> int:
+    """Drop the decode steps (caches, CUDA graphs) kept on ``model``; returns how many there were.
+    Their memory goes back to PyTorch's allocator; the next fixed-shape call builds a new step."""
+    kept = model.__dict__.pop(_STEPS_ATTR, None)
+    return len(kept.steps) if kept is not None else 0
+
+
+def _bucket(length: int) -> int:
+    return -(-length // DECODE_BUCKET) * DECODE_BUCKET
+
+
+def _step_key(model, rows: int, max_len: int, decode: str) -> tuple[tuple, tuple]:
+    """(what the step is, where the tensors it reads are). The first part: shapes, dtype, device,
+    mode, and the code path of each LoRA slot (off, merged, kernels; its scaling is a constant in a
+    graph). The second: the addresses of every tensor a graph reads but the step does not own, the
+    weights and the derived tensors modules keep (`loris.kernels.lora_fused.memo_on`): a moved or
+    reloaded model, or a derived tensor rebuilt elsewhere, needs a new capture. Taken after the
+    prefill, which refreshes those derived tensors."""
+    from loris.kernels import kernels_disabled
+    from loris.lora import lora_modules
+
+    device = model.device
+    autocast = torch.is_autocast_enabled(device.type)
+    path = (
+        tuple((m.disabled, m.merged, m.scaling) for _, m in lora_modules(model)),
+        kernels_disabled(),
+        model.training,
+        autocast,
+        torch.get_autocast_dtype(device.type) if autocast else None,
+    )
+    weights = itertools.chain(model.parameters(), model.buffers())
+    held = (t for m in model.modules() for v in vars(m).values() for t in _held_tensors(v))
+    storage = tuple(
+        (t.data_ptr(), t.dtype, tuple(t.shape), t.requires_grad) for t in itertools.chain(weights, held)
+    )
+    return (rows, max_len, model.dtype, device, decode, path), storage
+
+
+def _held_tensors(value) -> Iterator[torch.Tensor]:
+    """Tensors in a module attribute that is a tensor or a (nested) tuple/list of them."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _held_tensors(v)
+
+
 @contextlib.contextmanager
 def _eval_mode(model):
     was = model.training
@@ -87,6 +195,25 @@ def _eval_mode(model):
         yield
     finally:
         model.train(was)
+
+
+def _claim_step(model, rows: int, max_len: int, decode: str, keep: bool) -> StaticDecodeStep:
+    """The model's kept step for this key, or a new one (kept when ``keep``); marked in use until
+    its call ends, so two live calls (e.g. interleaved streams) never share a cache."""
+    key = _step_key(model, rows, max_len, decode) if keep else None
+    kept = model.__dict__.get(_STEPS_ATTR) if keep else None
+    step = kept.get(key) if kept is not None else None
+    if step is None or step.in_use:
+        cache = KVCache(model.config, rows, max_len, model.dtype, model.device, zero=True)
+        fresh = StaticDecodeStep(model, cache, cuda_graph=decode == "cuda_graph")
+        if keep and step is None:
+            if kept is None:
+                kept = _DecodeSteps()
+                model.__dict__[_STEPS_ATTR] = kept
+            kept.put(key, fresh)
+        step = fresh
+    step.in_use = True
+    return step
 
 
 def iterate(
@@ -102,11 +229,13 @@ def iterate(
     stop: StopStrings | None = None,
     seed: int | None = None,
     options: EngineOptions | None = None,
+    keep_step: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (this step's tokens (rows,), finished (rows,)) per decode step; the engine's core.
 
     ``input_ids`` (prompts, len) must be left-padded where lengths differ. A token yielded for a row
-    that had already finished is ``pad_token_id``.
+    that had already finished is ``pad_token_id``. ``keep_step``: keep a fixed-shape step on the
+    model for later calls (False for a throwaway model, such as a merged copy).
     """
     sampling = sampling or SamplingConfig()
     options = options or EngineOptions()
@@ -135,62 +264,69 @@ def iterate(
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     pre = KVCache(model.config, b, plen, model.dtype, device)
     out = model(ids, attention_mask=mask, position_ids=positions, kv_cache=pre, logits_to_keep=1)
-    cache = KVCache(model.config, rows, total, model.dtype, device, zero=decode != "eager")
-    cache.copy_repeated(pre, n)
-    del pre
-    logits = out.logits[:, -1].repeat_interleave(n, dim=0)
-    full_mask = torch.cat([mask, mask.new_ones(b, max_new_tokens)], 1).repeat_interleave(n, dim=0)
-    pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
-    seen = None
-    if sampling.repetition_penalty != 1.0:
-        seen = torch.empty(rows, total, dtype=torch.long, device=device)
-        seen[:, :plen] = ids.repeat_interleave(n, dim=0)
     step_fn = None
-    if decode != "eager":
-        valid = torch.cat([mask.bool(), mask.new_zeros(b, max_new_tokens).bool()], 1)
-        step_fn = StaticDecodeStep(
-            model, cache, valid.repeat_interleave(n, dim=0), cuda_graph=decode == "cuda_graph"
-        )
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    texts: list[list[int]] = [[] for _ in range(rows)] if stop else []
-    pad = torch.tensor(pad_token_id, device=device)
-    for step in range(max_new_tokens):
-        history = seen[:, : plen + step] if seen is not None else ids
-        tok = next_tokens(logits, sampling, history, generator)
-        tok = torch.where(finished, pad, tok)
-        if seen is not None:
-            seen[:, plen + step] = tok
-        now_done = torch.isin(tok, eos) if eos.numel() else torch.zeros_like(finished)
-        if stop:
-            host = tok.tolist()
-            done_host = finished.tolist()
-            hits = []
-            for r in range(rows):
-                if not done_host[r]:
-                    texts[r].append(host[r])
-                    hits.append(stop.hit(texts[r]))
-                else:
-                    hits.append(False)
-            now_done = now_done | torch.tensor(hits, device=device)
-        now_done &= ~finished
-        finished |= now_done
-        yield tok, now_done
-        if step == max_new_tokens - 1:
-            break
-        if (step + 1) % check_every == 0 and bool(finished.all()):
-            break
-        column = plen + step
-        if step_fn is None:
-            out = model(
-                tok[:, None],
-                attention_mask=full_mask[:, : column + 1],
-                position_ids=pos,
-                kv_cache=cache,
-            )
-            logits = out.logits[:, -1]
-        else:
-            logits = step_fn(tok, pos, column)
-        pos = pos + 1
+    if decode == "eager":
+        cache = KVCache(model.config, rows, total, model.dtype, device)
+    else:
+        step_fn = _claim_step(model, rows, _bucket(total), decode, keep_step)
+        cache = step_fn.cache
+    try:
+        cache.copy_repeated(pre, n)  # in place; a reused cache's later columns are stale but masked
+        del pre
+        logits = out.logits[:, -1].repeat_interleave(n, dim=0)
+        full_mask = torch.cat([mask, mask.new_ones(b, max_new_tokens)], 1).repeat_interleave(n, dim=0)
+        pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
+        seen = None
+        if sampling.repetition_penalty != 1.0:
+            seen = torch.empty(rows, total, dtype=torch.long, device=device)
+            seen[:, :plen] = ids.repeat_interleave(n, dim=0)
+        if step_fn is not None:
+            valid = torch.zeros(rows, cache.max_len, dtype=torch.bool, device=device)
+            valid[:, :plen] = mask.bool().repeat_interleave(n, dim=0)
+            step_fn.reset(valid)
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        texts: list[list[int]] = [[] for _ in range(rows)] if stop else []
+        pad = torch.tensor(pad_token_id, device=device)
+        for step in range(max_new_tokens):
+            history = seen[:, : plen + step] if seen is not None else ids
+            tok = next_tokens(logits, sampling, history, generator)
+            tok = torch.where(finished, pad, tok)
+            if seen is not None:
+                seen[:, plen + step] = tok
+            now_done = torch.isin(tok, eos) if eos.numel() else torch.zeros_like(finished)
+            if stop:
+                host = tok.tolist()
+                done_host = finished.tolist()
+                hits = []
+                for r in range(rows):
+                    if not done_host[r]:
+                        texts[r].append(host[r])
+                        hits.append(stop.hit(texts[r]))
+                    else:
+                        hits.append(False)
+                now_done = now_done | torch.tensor(hits, device=device)
+            now_done &= ~finished
+            finished |= now_done
+            yield tok, now_done
+            if step == max_new_tokens - 1:
+                break
+            if (step + 1) % check_every == 0 and bool(finished.all()):
+                break
+            column = plen + step
+            if step_fn is None:
+                out = model(
+                    tok[:, None],
+                    attention_mask=full_mask[:, : column + 1],
+                    position_ids=pos,
+                    kv_cache=cache,
+                )
+                logits = out.logits[:, -1]
+            else:
+                logits = step_fn(tok, pos, column)
+            pos = pos + 1
+    finally:
+        if step_fn is not None:
+            step_fn.in_use = False
 
 
 @torch.no_grad()  # not inference_mode: GRPO feeds these ids to a forward that keeps them for backward
@@ -233,6 +369,7 @@ def run(
             stop=stop,
             seed=seed,
             options=options,
+            keep_step=not options.merge_lora,  # the merged copy is dropped after this call
         )
         for tok, done in it:
             if t_first is None:

@@ -7,6 +7,10 @@ token, position and rope tables from buffers: the same kernels run each step on 
 The blocks themselves are the model's (`Block.forward`), so LoRA and 4-bit slots work unchanged.
 Eager replays of this step are tested on CPU against the model's forward; graph capture runs only
 on CUDA.
+
+A step outlives one generation call: the engine keeps it (see `loris.generation.engine`) and
+`reset` refills its valid-column mask in place for the next prompts, so a captured graph, which
+holds the addresses of these buffers, replays unchanged.
 """
 
 from __future__ import annotations
@@ -35,15 +39,18 @@ class StaticDecodeStep:
     Call with the step's tokens (batch,), positions (batch, 1) and cache column (an int); returns
     last-position logits (batch, vocab). With ``cuda_graph=True`` the first call captures a graph
     and later calls replay it; the returned logits tensor is then reused by the next call.
+    ``valid`` may be given later (or again, for new prompts in the same cache) through `reset`.
     """
 
-    def __init__(self, model, cache: KVCache, valid: torch.Tensor, *, cuda_graph: bool = False):
-        device = valid.device
+    def __init__(self, model, cache: KVCache, valid: torch.Tensor | None = None, *, cuda_graph: bool = False):
+        device = cache.keys[0].device
         if cuda_graph and device.type != "cuda":
             raise ValueError("cuda_graph=True needs the model on a CUDA device; use eager decoding on CPU")
         self.model, self.cache, self.cuda_graph = model, cache, cuda_graph
-        b = valid.shape[0]
-        self.valid = valid.clone().bool()
+        b = cache.batch
+        self.valid = torch.zeros(b, cache.max_len, dtype=torch.bool, device=device)
+        if valid is not None:
+            self.reset(valid)
         self.tok = torch.zeros(b, 1, dtype=torch.long, device=device)
         self.pos = torch.zeros(b, 1, dtype=torch.long, device=device)
         self.column = torch.zeros(1, dtype=torch.long, device=device)
@@ -56,6 +63,16 @@ class StaticDecodeStep:
         self.float_mask = model.config.attn_logit_softcap is None
         self.graph = None
         self.logits: torch.Tensor | None = None
+        self.in_use = False  # set by the engine while a generation call decodes with this step
+
+    def reset(self, valid: torch.Tensor) -> None:
+        """Mark the columns the next decode may attend to (batch, max_len): the prompts' real
+        columns, nothing after them. Copied in place: a captured graph reads this very buffer."""
+        if valid.shape != self.valid.shape:
+            raise ValueError(
+                f"valid mask of shape {tuple(valid.shape)} for a step over {tuple(self.valid.shape)}"
+            )
+        self.valid.copy_(valid)
 
     @staticmethod
     def _full_tables(model, max_len: int, device) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:

@@ -45,6 +45,12 @@ from loris.trainers.loop import Trainer, TrainerCallback, epoch_order
 
 REWARD_PLOT = "reward.png"
 
+SEQUENCE_MULTIPLE = 64
+"""Log-prob forwards (prompt + completion) are padded on the right to a multiple of this many
+tokens. Their length otherwise changes every step (prompt width, longest completion), and each new
+shape costs the GPU's attention and GEMM kernels a new plan; the padding sits after every real
+token, so causal attention keeps it out of their log-probs (see `padded_completion_logps`)."""
+
 
 @dataclass
 class GRPOConfig(TrainingConfig):
@@ -156,6 +162,41 @@ class GRPOConfig(TrainingConfig):
     @property
     def prompts_per_generation(self) -> int:
         return self.generation_batch_size // self.num_generations
+
+
+def padded_completion_logps(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    pad_id: int,
+    *,
+    temperature: float,
+    chunk_size: int,
+    multiple: int = SEQUENCE_MULTIPLE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`completion_logps` of ``completion_ids`` (rows, width) after the left-padded prompts, with
+    ``pad_id`` tokens appended so the sequence is a multiple of ``multiple`` long; returns
+    (log-probs, entropies) of the ``width`` real columns only.
+
+    The padding is attended (mask 1), so an unpadded batch keeps SDPA's causal path; being last,
+    it is seen by no real position. Models whose rotary tables depend on the longest position
+    (dynamic NTK, LongRoPE) are not padded: more positions could change their tables."""
+    width = completion_ids.shape[1]
+    cfg = model.config
+    length_dependent = any(
+        cfg.rope_for_layer(i).rope_type in ("dynamic", "longrope") for i in range(cfg.num_layers)
+    )
+    extra = 0 if length_dependent else -(prompt_ids.shape[1] + width) % multiple
+    comp = completion_ids
+    if extra:
+        comp = torch.cat([comp, comp.new_full((comp.shape[0], extra), pad_id)], 1)
+    ids = torch.cat([prompt_ids, comp], 1)
+    mask = torch.cat([prompt_mask, torch.ones_like(comp)], 1)
+    logps, entropy = completion_logps(
+        model, ids, mask, comp.shape[1], temperature=temperature, chunk_size=chunk_size
+    )
+    return logps[:, :width], entropy[:, :width]
 
 
 class _Rollout:
@@ -379,20 +420,32 @@ class GRPOTrainer(Trainer):
         gen_tokens = float(completion_mask.sum())
         return _Rollout(tensors, gen_tokens, args.steps_per_generation)
 
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else 0
+
+    def _logps(self, model, prompt_ids, prompt_mask, completion_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        # Completion positions after an EOS are padding the model may attend to harmlessly (causal):
+        # they come after every scored token, so the scored log-probs do not depend on them.
+        return padded_completion_logps(
+            model,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            self._pad_id,
+            temperature=self.args.temperature,
+            chunk_size=self.args.logprob_chunk_size,
+            multiple=SEQUENCE_MULTIPLE,
+        )
+
     def _logps_batched(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         bs = self.args.per_device_train_batch_size
         parts = []
         for s in range(0, t["completion_ids"].shape[0], bs):
             sel = slice(s, s + bs)
-            ids = torch.cat([t["prompt_ids"][sel], t["completion_ids"][sel]], 1)
-            mask = torch.cat([t["prompt_mask"][sel], torch.ones_like(t["completion_mask"][sel])], 1)
-            lp, _ = completion_logps(
-                self.model,
-                ids,
-                mask,
-                t["completion_ids"].shape[1],
-                temperature=self.args.temperature,
-                chunk_size=self.args.logprob_chunk_size,
+            lp, _ = self._logps(
+                self.model, t["prompt_ids"][sel], t["prompt_mask"][sel], t["completion_ids"][sel]
             )
             parts.append(lp)
         return torch.cat(parts)
@@ -400,13 +453,8 @@ class GRPOTrainer(Trainer):
     # ----------------------------------------------------------------------------------------- loss
     def compute_loss(self, model: nn.Module, batch: dict[str, Any], num_items_in_batch) -> torch.Tensor:
         args = self.args
-        comp = batch["completion_ids"]
-        ids = torch.cat([batch["prompt_ids"], comp], 1)
-        # Completion positions after an EOS are padding the model may attend to harmlessly (causal):
-        # they come after every scored token, so the scored log-probs do not depend on them.
-        mask = torch.cat([batch["prompt_mask"], torch.ones_like(batch["completion_mask"])], 1)
-        logps, entropy = completion_logps(
-            model, ids, mask, comp.shape[1], temperature=args.temperature, chunk_size=args.logprob_chunk_size
+        logps, entropy = self._logps(
+            model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"]
         )
         settings = LossSettings(
             loss_type=args.loss_type,
@@ -470,8 +518,14 @@ class GRPOTrainer(Trainer):
         super().log(logs)
 
     def train(self, resume_from_checkpoint: bool | str | None = None):
+        from loris.generation.engine import release_decode_steps
+
         self._window_start = time.perf_counter()
-        out = super().train(resume_from_checkpoint)
+        try:
+            out = super().train(resume_from_checkpoint)
+        finally:
+            # Rollouts reuse one decode step (cache, CUDA graph) every step; training is over.
+            release_decode_steps(self.model)
         self.save_reward_plot()
         return out
 
