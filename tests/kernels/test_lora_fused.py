@@ -281,3 +281,16 @@ def test_derived_adapter_tensors_are_refreshed_in_place():
     assert [t.data_ptr() for t in (*pairs2[0], stacked2, block2)] == ptrs
     torch.testing.assert_close(stacked2, torch.cat([m.lora_A.double() for m in mods]))
     torch.testing.assert_close(block2, torch.block_diag(*(m.lora_B.double() * m.scaling for m in mods)))
+
+
+@pytest.mark.parametrize("k,n", [(8, 24), (64, 8)], ids=["update-first", "base-first"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_base_plus_update_in_either_order(k, n, bias):
+    from loris.kernels.lora_fused import _base_plus
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5, k, generator=g), torch.randn(n, k, generator=g)
+    xa, b = torch.randn(5, 3, generator=g), torch.randn(n, 3, generator=g)
+    c = torch.randn(n, generator=g) if bias else None
+    want = x @ w.t() + 0.5 * xa @ b.t() + (c if bias else 0)
+    torch.testing.assert_close(_base_plus(x, w, xa, b, c, 0.5), want)

@@ -77,48 +77,75 @@ def _stacked_a(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
     return memo_on(mods[0], "_stacked_a_cache", key, lambda: torch.cat([a for a, _ in pairs]))
 
 
+def _base_into(y: torch.Tensor, x2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``y += x2 w^T``: the large GEMM accumulates onto the small one's output in its epilogue
+    (beta = 1), so the (tokens x out) output is written once and read once, instead of written by
+    the base GEMM and then read and written again to add the update."""
+    return y.addmm_(x2, w.t())
+
+
+def _base_plus(x2: torch.Tensor, w: torch.Tensor, xa: torch.Tensor, b: torch.Tensor, bias=None, scaling=1.0):
+    """``bias + x2 w^T + scaling * xa b^T``. The update's GEMM goes first and the base GEMM adds onto
+    it, except for a reduction much longer than the output is wide (the gate|up input gradient),
+    where cuBLAS' accumulating kernels measured slower (benchmarks/lora_gemm_order.py, H100)."""
+    if x2.shape[1] > 4 * w.shape[0]:
+        y = x2 @ w.t() if bias is None else torch.addmm(bias.to(x2.dtype), x2, w.t())
+        return y.addmm_(xa, b.t(), alpha=scaling)
+    return _base_into(_update(xa, b, bias, scaling), x2, w)
+
+
+def _update(xa: torch.Tensor, b: torch.Tensor, bias, scaling: float = 1.0) -> torch.Tensor:
+    """``bias + scaling * xa b^T``, a new (tokens x out) tensor for `_base_into` to accumulate onto."""
+    if bias is None:
+        return torch.mm(xa, b.t()) if scaling == 1.0 else torch.mm(xa * scaling, b.t())
+    return torch.addmm(bias.to(xa.dtype), xa, b.t(), alpha=scaling)
+
+
 def _project(x2: torch.Tensor, mods: Sequence, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Forward of projections sharing the 2-D input ``x2``: one shared ``x A^T``, updates added in-GEMM."""
+    """Forward of projections sharing the 2-D input ``x2``: one shared ``x A^T``, each output written
+    by its update's GEMM and completed by the base GEMM accumulating onto it."""
     pairs = [m.adapter_weights(dtype) for m in mods]
     xa = x2 @ _stacked_a(mods, pairs, dtype).t()
     outs, start = [], 0
     for m, (a, b) in zip(mods, pairs, strict=True):
-        w = _dense_weight(m.base, dtype)
-        bias = m.base.bias
-        y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
         r = a.shape[0]
-        y.addmm_(xa[:, start : start + r], b.t(), alpha=m.scaling)
+        outs.append(
+            _base_plus(x2, _dense_weight(m.base, dtype), xa[:, start : start + r], b, m.base.bias, m.scaling)
+        )
         start += r
-        outs.append(y)
     return outs
 
 
 def _project_backward(
     x2: torch.Tensor, mods: Sequence, dys: Sequence[torch.Tensor], dtype: torch.dtype, need_dx: bool, need_ab
 ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
-    """d input (accumulated in one buffer) and dA, dB per projection; ``x A^T`` recomputed."""
+    """d input (the updates' share in one GEMM over the stacked A, the bases accumulated onto it)
+    and dA, dB per projection; ``x A^T`` recomputed."""
     pairs = [m.adapter_weights(dtype) for m in mods]
-    xa = None
-    if any(need_ab):
-        xa = x2 @ _stacked_a(mods, pairs, dtype).t()
-    dx, grads, start = None, [], 0
-    for i, (m, (a, b), dy) in enumerate(zip(mods, pairs, dys, strict=True)):
+    a_cat = _stacked_a(mods, pairs, dtype)
+    dybs = [(dy @ b) for dy, (_, b) in zip(dys, pairs, strict=True)]  # (tokens, r) each
+    dx = None
+    if need_dx:
+        scaled = torch.cat([d * m.scaling for d, m in zip(dybs, mods, strict=True)], dim=1)
+        dx = scaled @ a_cat
+        for m, dy in zip(mods, dys, strict=True):
+            _base_into(dx, dy, _dense_weight(m.base, dtype).t())
+    grads: list[torch.Tensor | None] = []
+    xa = x2 @ a_cat.t() if any(need_ab) else None
+    start = 0
+    for i, (m, (a, _), dy, dyb) in enumerate(zip(mods, pairs, dys, dybs, strict=True)):
         r = a.shape[0]
-        dyb = dy @ b  # (tokens, r)
-        if need_dx:
-            w = _dense_weight(m.base, dtype)
-            if dx is None:
-                dx = dy @ w
-            else:
-                dx.addmm_(dy, w)
-            dx.addmm_(dyb, a, alpha=m.scaling)
-        if need_ab[i]:
-            grads.append((dyb.t() @ x2).mul_(m.scaling).to(m.lora_A.dtype))
-            grads.append((dy.t() @ xa[:, start : start + r]).mul_(m.scaling).to(m.lora_B.dtype))
-        else:
-            grads += [None, None]
+        grads += _adapter_grads(m, x2, dy, dyb, xa[:, start : start + r]) if need_ab[i] else [None, None]
         start += r
     return dx, grads
+
+
+def _adapter_grads(m, x2: torch.Tensor, dy: torch.Tensor, dyb: torch.Tensor, xa: torch.Tensor) -> list:
+    """[dA, dB] of one projection from its input, output gradient, ``dy B`` and ``x A^T``."""
+    return [
+        (dyb.t() @ x2).mul_(m.scaling).to(m.lora_A.dtype),
+        (dy.t() @ xa).mul_(m.scaling).to(m.lora_B.dtype),
+    ]
 
 
 def _block_b(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
@@ -133,13 +160,12 @@ def _block_b(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _project_packed(x2, mods: Sequence, w: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
-    """Projections whose base weights are stacked in ``w``: one GEMM for the bases, one for the
-    shared ``x A^T``, one (block-diagonal B) adding every update. Returns (tokens, sum of outputs)."""
+    """Projections whose base weights are stacked in ``w``: one GEMM for the shared ``x A^T``, one
+    (block-diagonal B) writing every update, one for the bases accumulating onto it. Returns
+    (tokens, sum of outputs)."""
     pairs = [m.adapter_weights(dtype) for m in mods]
     xa = x2 @ _stacked_a(mods, pairs, dtype).t()
-    w = w.to(dtype)
-    y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
-    return y.addmm_(xa, _block_b(mods, pairs, dtype).t())
+    return _base_plus(x2, w.to(dtype), xa, _block_b(mods, pairs, dtype), bias)
 
 
 def _project_packed_backward(x2, mods: Sequence, w, dy: torch.Tensor, dtype, need_dx: bool, need_ab):
@@ -149,8 +175,7 @@ def _project_packed_backward(x2, mods: Sequence, w, dy: torch.Tensor, dtype, nee
     dyb = dy @ b_bd  # (tokens, sum of ranks), scalings included
     dx = None
     if need_dx:
-        dx = dy @ w.to(dtype)
-        dx.addmm_(dyb, a_cat)
+        dx = _base_plus(dy, w.to(dtype).t(), dyb, a_cat.t())
     grads: list[torch.Tensor | None] = []
     if not any(need_ab):
         return dx, [None] * (2 * len(mods))
@@ -275,11 +300,16 @@ class LoraMLPFunction(torch.autograd.Function):
             g, u = gu.split(ctx.mods[0].out_features, dim=1)
         dtype = x2.dtype
         need = ctx.needs_input_grad
-        h = _act(g, u, ctx.act)  # recomputed, freed as soon as the down projection's grads exist
-        dh, grads_down = _project_backward(
-            h, ctx.mods[2:], [_rows(dout).to(dtype)], dtype, True, [need[8] or need[9]]
-        )
-        del h
+        down = ctx.mods[2]
+        a_d, b_d = down.adapter_weights(dtype)
+        dout2 = _rows(dout).to(dtype)
+        dyb = dout2 @ b_d
+        grads_down: list = [None, None]
+        if need[8] or need[9]:
+            h = _act(g, u, ctx.act)  # recomputed, and dropped before dh exists: never both alive
+            grads_down = _adapter_grads(down, h, dout2, dyb, h @ a_d.t())
+            del h
+        dh = _base_plus(dout2, _dense_weight(down.base, dtype).t(), dyb, a_d.t(), scaling=down.scaling)
         dg, du = _act_backward_(dh, g, u, ctx.act)  # written over g and u
         del dh
         need_gu = [need[4] or need[5], need[6] or need[7]]
