@@ -2,6 +2,7 @@
 """Where the GPU time goes: torch.profiler tables for a LoRA training step and a decode loop.
 
     python benchmarks/profile_gpu.py train --ckpt DIR --out OUT/   # 1B LoRA b4x2048 step
+    python benchmarks/profile_gpu.py train --ckpt DIR --out OUT/ --qlora --batch 2 [--checkpointing offload]
     python benchmarks/profile_gpu.py decode --ckpt DIR --out OUT/ [--lora]   # engine, batch 8
 
 Each writes a kernel table (CUDA time, sorted) and a per-step wall/GPU-busy summary, so a gap
@@ -41,7 +42,7 @@ def train(args) -> dict:
     from loris import FastLanguageModel
 
     model, _ = FastLanguageModel.from_pretrained(
-        args.ckpt, max_seq_length=2048, dtype=torch.bfloat16, load_in_4bit=False
+        args.ckpt, max_seq_length=2048, dtype=torch.bfloat16, load_in_4bit=args.qlora
     )
     model = FastLanguageModel.get_peft_model(
         model, r=16, lora_alpha=16, use_gradient_checkpointing=args.checkpointing
@@ -66,7 +67,7 @@ def train(args) -> dict:
         step()
     torch.cuda.synchronize()
     res = {"tokens_per_s": args.batch * args.seq * 5 / (time.perf_counter() - t)}
-    res.update(_profile(step, 2, Path(args.out), f"train_{args.checkpointing}"))
+    res.update(_profile(step, 2, Path(args.out), f"train_{args.checkpointing}{'_qlora' * args.qlora}"))
     return res
 
 
@@ -104,6 +105,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--qlora", action="store_true", help="train: NF4 base (the 8B setting uses --batch 2)")
     ap.add_argument("--checkpointing", default="true", choices=["true", "offload"])
     args = ap.parse_args()
     args.checkpointing = True if args.checkpointing == "true" else "offload"
