@@ -198,12 +198,15 @@ class LoraLinear(nn.Module):
                 self.lora_B.zero_()
 
     def adapter_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, B) in ``dtype`` for the fused path, cast once per optimizer step rather than per use."""
+        """(A, B) in ``dtype`` for the fused path, cast once per optimizer step rather than per use
+        (one memo per dtype, so alternating dtypes never swap out tensors a decode graph reads)."""
         a, b = self.lora_A, self.lora_B
         if a.dtype == dtype and b.dtype == dtype:
             return a, b
         key = (dtype, a._version, a.data_ptr(), b._version, b.data_ptr())
-        return memo_on(self, "_adapter_cache", key, lambda: (a.detach().to(dtype), b.detach().to(dtype)))
+        return memo_on(
+            self, f"_adapter_cache_{dtype}", key, lambda: (a.detach().to(dtype), b.detach().to(dtype))
+        )
 
     def fusable(self) -> bool:
         """Whether the fused LoRA path (loris.kernels.lora_fused) computes exactly this module."""

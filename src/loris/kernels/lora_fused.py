@@ -74,7 +74,7 @@ def _stacked_a(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
     if len(pairs) == 1:
         return pairs[0][0]
     key = (dtype, *map(id, mods), *_versions(m.lora_A for m in mods))
-    return memo_on(mods[0], "_stacked_a_cache", key, lambda: torch.cat([a for a, _ in pairs]))
+    return memo_on(mods[0], f"_stacked_a_cache_{dtype}", key, lambda: torch.cat([a for a, _ in pairs]))
 
 
 def _base_into(y: torch.Tensor, x2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,7 @@ def _block_b(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
     key = (dtype, *map(id, mods), *(m.scaling for m in mods), *_versions(m.lora_B for m in mods))
     return memo_on(
         mods[0],
-        "_block_b_cache",
+        f"_block_b_cache_{dtype}",
         key,
         lambda: torch.block_diag(*(b * m.scaling for m, (_, b) in zip(mods, pairs, strict=True))),
     )
