@@ -72,7 +72,8 @@ def grpo_loris(args, res):
     from loris.trainers import TrainerCallback
 
     model, tok = FastLanguageModel.from_pretrained(args.ckpt, load_in_4bit=False, dtype=torch.bfloat16)
-    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, use_gradient_checkpointing=True)
+    # Offloaded checkpointing, as the Unsloth run uses ("unsloth").
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, use_gradient_checkpointing="unsloth")
     cfg = GRPOConfig(
         output_dir=args.workdir + "/loris",
         per_device_train_batch_size=8,

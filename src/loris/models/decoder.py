@@ -19,6 +19,7 @@ from loris.kernels.activations import GATED_ACTIVATIONS
 from loris.kernels.cross_entropy import linear_cross_entropy
 from loris.kernels.rms_norm import rms_norm
 from loris.kernels.rope import apply_rope
+from loris.kernels.softcap_attention import softcap_attention
 from loris.lora import gated_mlp, project
 from loris.models.config import ModelConfig
 from loris.models.rope import rope_cos_sin
@@ -94,7 +95,7 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v, cache_start)
         if self.softcap is not None:
-            out = self._softcapped_attention(q, k, v, mask)
+            out = softcap_attention(q, k, v, mask, self.scale, self.softcap)
         else:
             out = F.scaled_dot_product_attention(
                 q,
@@ -106,19 +107,6 @@ class Attention(nn.Module):
                 enable_gqa=True,
             )
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
-
-    def _softcapped_attention(self, q, k, v, mask) -> torch.Tensor:
-        groups = self.num_heads // self.num_kv_heads
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-        scores = (q @ k.transpose(-1, -2)) * self.scale
-        scores = torch.tanh(scores / self.softcap) * self.softcap
-        if mask is None:
-            lq, lk = scores.shape[-2:]
-            mask = causal_mask(lq, lk, lk - lq, None, None, scores.device)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        return probs @ v
 
 
 class MLP(nn.Module):
