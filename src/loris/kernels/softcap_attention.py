@@ -3,7 +3,7 @@
 SDPA cannot soft-cap, so the reference path materialises fp32 scores in every layer: at batch 4 x
 2048 tokens and 8 heads that is 537 MB per layer, and several elementwise passes over it. On CUDA,
 FlexAttention applies the cap as a score modification inside one fused kernel (forward and
-backward) under a block mask, so nothing quadratic is stored. The reference
+backward) under a causal block mask, so nothing quadratic is stored. The reference
 (`softcap_attention_reference`) is the math it is tested against and the path on CPU, for single
 decoding queries, and wherever FlexAttention cannot compile (then a warning says so once).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import weakref
 
 import torch
 
@@ -20,7 +19,6 @@ from loris.kernels import kernels_disabled
 
 logger = logging.getLogger(__name__)
 
-_block_masks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # mask tensor -> BlockMask
 _causal_masks: dict = {}
 _flex_failed: list[str] = []
 
@@ -51,54 +49,42 @@ def _compiled_flex():
     return torch.compile(flex_attention)
 
 
-def _block_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device):
-    """The BlockMask of a boolean mask tensor (made once per tensor: every layer and the
-    checkpointed recomputation share it), or of the causal mask when ``mask`` is None."""
+def _causal_block_mask(q_len: int, kv_len: int, device: torch.device):
+    """The causal BlockMask for queries at the last ``q_len`` of ``kv_len`` positions (made once)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    if mask is None:
-        key = (q_len, kv_len, device)
-        if key not in _causal_masks:
-            offset = kv_len - q_len
+    key = (q_len, kv_len, device)
+    if key not in _causal_masks:
+        offset = kv_len - q_len
 
-            def causal(b, h, q_idx, kv_idx):
-                return kv_idx <= q_idx + offset
+        def causal(b, h, q_idx, kv_idx):
+            return kv_idx <= q_idx + offset
 
-            _causal_masks[key] = create_block_mask(causal, None, None, q_len, kv_len, device=device)
-        return _causal_masks[key]
-    found = _block_masks.get(mask)
-    if found is None:
-        batched = mask.shape[0] > 1
-
-        def from_tensor(b, h, q_idx, kv_idx):
-            return mask[b if batched else 0, 0, q_idx, kv_idx]
-
-        found = create_block_mask(
-            from_tensor, mask.shape[0] if batched else None, None, q_len, kv_len, device=device
-        )
-        _block_masks[mask] = found
-    return found
+        _causal_masks[key] = create_block_mask(causal, None, None, q_len, kv_len, device=device)
+    return _causal_masks[key]
 
 
-def flex_softcap_attention(
-    q, k, v, mask, scale: float, softcap: float, compiled: bool = True
-) -> torch.Tensor:
-    """The same result through FlexAttention (``compiled=False`` runs its eager form, for tests)."""
+def flex_softcap_attention(q, k, v, scale: float, softcap: float, compiled: bool = True) -> torch.Tensor:
+    """Causal soft-capped attention through FlexAttention (``compiled=False``: its eager form, for
+    tests)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     def capped(score, b, h, q_idx, kv_idx):
         return torch.tanh(score / softcap) * softcap
 
-    block_mask = _block_mask(mask, q.shape[2], k.shape[2], q.device)
+    block_mask = _causal_block_mask(q.shape[2], k.shape[2], q.device)
     fn = _compiled_flex() if compiled else flex_attention
     return fn(q, k, v, score_mod=capped, block_mask=block_mask, scale=scale, enable_gqa=True)
 
 
 def softcap_attention(q, k, v, mask, scale: float, softcap: float) -> torch.Tensor:
-    """Soft-capped attention: FlexAttention on CUDA for multi-token queries, else the reference."""
-    if q.is_cuda and q.shape[2] > 1 and not kernels_disabled() and not _flex_failed:
+    """Soft-capped attention: FlexAttention on CUDA for causal multi-token queries without a mask
+    tensor (unpadded, unpacked training batches and prefills); else the reference. Padded or packed
+    batches (a mask tensor) still take the reference: tensor masks through FlexAttention are not
+    verified on a GPU yet."""
+    if mask is None and q.is_cuda and q.shape[2] > 1 and not kernels_disabled() and not _flex_failed:
         try:
-            return flex_softcap_attention(q, k, v, mask, scale, softcap)
+            return flex_softcap_attention(q, k, v, scale, softcap)
         except Exception as e:  # noqa: BLE001  (compilation can fail in many ways; the math cannot)
             _flex_failed.append(f"{type(e).__name__}: {e}")
             logger.warning(
