@@ -14,6 +14,7 @@ import functools
 import logging
 
 import torch
+import torch.nn.functional as F
 
 from loris.kernels import kernels_disabled
 
@@ -65,16 +66,23 @@ def _causal_block_mask(q_len: int, kv_len: int, device: torch.device):
 
 
 def flex_softcap_attention(q, k, v, scale: float, softcap: float, compiled: bool = True) -> torch.Tensor:
-    """Causal soft-capped attention through FlexAttention (``compiled=False``: its eager form, for
-    tests)."""
+    """Causal soft-capped self-attention (as many queries as keys) through FlexAttention
+    (``compiled=False``: its eager form, for tests). Lengths are padded to whole 128-token blocks:
+    compiled FlexAttention gave wrong results for a 67-token sequence on an H200 (torch 2.11), right
+    ones for 128. Padded keys come after every real query, so the causal mask hides them."""
     from torch.nn.attention.flex_attention import flex_attention
 
     def capped(score, b, h, q_idx, kv_idx):
         return torch.tanh(score / softcap) * softcap
 
-    block_mask = _causal_block_mask(q.shape[2], k.shape[2], q.device)
+    n = q.shape[2]
+    pad = -n % 128
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    block_mask = _causal_block_mask(n + pad, n + pad, q.device)
     fn = _compiled_flex() if compiled else flex_attention
-    return fn(q, k, v, score_mod=capped, block_mask=block_mask, scale=scale, enable_gqa=True)
+    out = fn(q, k, v, score_mod=capped, block_mask=block_mask, scale=scale, enable_gqa=True)
+    return out[:, :, :n] if pad else out
 
 
 def softcap_attention(q, k, v, mask, scale: float, softcap: float) -> torch.Tensor:
@@ -82,7 +90,8 @@ def softcap_attention(q, k, v, mask, scale: float, softcap: float) -> torch.Tens
     tensor (unpadded, unpacked training batches and prefills); else the reference. Padded or packed
     batches (a mask tensor) still take the reference: tensor masks through FlexAttention are not
     verified on a GPU yet."""
-    if mask is None and q.is_cuda and q.shape[2] > 1 and not kernels_disabled() and not _flex_failed:
+    self_attention = q.shape[2] == k.shape[2] > 1
+    if mask is None and self_attention and q.is_cuda and not kernels_disabled() and not _flex_failed:
         try:
             return flex_softcap_attention(q, k, v, scale, softcap)
         except Exception as e:  # noqa: BLE001  (compilation can fail in many ways; the math cannot)
