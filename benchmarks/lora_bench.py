@@ -94,6 +94,9 @@ SETTINGS = {
     "gemma2": dict(shape="gemma2-2b", qlora=False, batch=4, seq=2048),
     # batch 1, the longest sequence that trains: doubling from 16k, then bisection to 4k tokens
     "maxctx": dict(shape="8b", qlora=True, batch=1, seq=262144, search=True),
+    # the same search capped at 128k tokens (each trial near 256k costs minutes): where both systems
+    # reach the cap, the peak memory at 128k compares their headroom
+    "maxctx-128k": dict(shape="8b", qlora=True, batch=1, seq=131072, search=True),
     "maxctx-smoke": dict(shape="tiny", qlora=False, batch=1, seq=4096, search=True),
 }
 GiB = 1024**3
