@@ -420,7 +420,7 @@ def cmd_suite(args) -> int:
     return 0
 
 
-H100_BF16_DENSE_FLOPS = 989.4e12  # H100 SXM, dense bf16 tensor-core peak
+HOPPER_BF16_DENSE_FLOPS = 989.4e12  # H100 / H200 SXM, dense bf16 tensor-core peak (same chip)
 
 
 def flops_per_token(shape: str, seq: int) -> float:
@@ -439,10 +439,10 @@ def flops_per_token(shape: str, seq: int) -> float:
 
 
 def mfu(row: dict) -> float | None:
-    """Model FLOPs utilisation of a result row, against the H100's dense bf16 peak."""
-    if not row.get("ok") or "H100" not in str(row.get("gpu", "")):
+    """Model FLOPs utilisation of a result row, against the H100/H200 dense bf16 peak."""
+    if not row.get("ok") or not any(g in str(row.get("gpu", "")) for g in ("H100", "H200")):
         return None
-    return row["tokens_per_s"] * flops_per_token(row["shape"], row["seq"]) / H100_BF16_DENSE_FLOPS
+    return row["tokens_per_s"] * flops_per_token(row["shape"], row["seq"]) / HOPPER_BF16_DENSE_FLOPS
 
 
 def print_table(rows) -> None:
