@@ -7,8 +7,9 @@ import json
 
 import pytest
 import torch
+from grpo_testing import grpo_args
 
-from loris import FastLanguageModel, GRPOConfig, GRPOTrainer
+from loris import FastLanguageModel, GRPOTrainer
 from loris.lora import lora_modules
 
 
@@ -21,21 +22,6 @@ def _model(saved_family):
 
 def _data(n=4):
     return [{"prompt": f"w{5 + i} w{9 + i} w{20 + i}", "target": f"w{30 + i}"} for i in range(n)]
-
-
-def _args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=0.05,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-    )
-    return GRPOConfig(**{**base, **kw})
 
 
 def count_w7(prompts, completions, **_):
@@ -62,7 +48,7 @@ def test_grpo_steps_train_the_adapter_and_log(kw, saved_family, tmp_path):
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[count_w7, uses_columns],
-        args=_args(tmp_path, reward_weights=[1.0, 0.5], **kw),
+        args=grpo_args(tmp_path, reward_weights=[1.0, 0.5], **kw),
         train_dataset=_data(),
         processing_class=tok,
     )
@@ -101,19 +87,19 @@ def test_reward_function_errors_name_the_function(saved_family, tmp_path):
         return ["good"] * len(completions)
 
     for func, match in ((short, "'short' returned 1 rewards for 4"), (text, "'text' returned 'good'")):
-        trainer = GRPOTrainer(model, func, _args(tmp_path), train_dataset=_data(), processing_class=tok)
+        trainer = GRPOTrainer(model, func, grpo_args(tmp_path), train_dataset=_data(), processing_class=tok)
         with pytest.raises((ValueError, TypeError), match=match):
             trainer.train()
 
 
 def test_num_generations_must_divide_the_batch(tmp_path):
     with pytest.raises(ValueError, match="not a multiple of num_generations=3"):
-        _args(tmp_path, num_generations=3)
+        grpo_args(tmp_path, num_generations=3)
 
 
 def test_long_prompts_are_cut_from_the_left_with_a_warning(saved_family, tmp_path):
     model, tok = _model(saved_family)
-    trainer = GRPOTrainer(model, count_w7, _args(tmp_path, max_prompt_length=2), processing_class=tok)
+    trainer = GRPOTrainer(model, count_w7, grpo_args(tmp_path, max_prompt_length=2), processing_class=tok)
     with pytest.warns(UserWarning, match="truncated from the left"):
         ids = trainer._prompt_ids("w5 w6 w7 w8")
     assert ids == tok("w7 w8")["input_ids"][-2:] and tok.decode(ids) == "w7 w8"
@@ -126,7 +112,11 @@ def test_long_prompts_are_cut_from_the_left_with_a_warning(saved_family, tmp_pat
         return [0.0] * len(completions)
 
     trainer = GRPOTrainer(
-        model, keep_prompts, _args(tmp_path, max_prompt_length=2), train_dataset=_data(), processing_class=tok
+        model,
+        keep_prompts,
+        grpo_args(tmp_path, max_prompt_length=2),
+        train_dataset=_data(),
+        processing_class=tok,
     )
     with pytest.warns(UserWarning, match="max_prompt_length=2"):
         rollout = trainer._generate_and_score([0, 1])
@@ -147,7 +137,7 @@ def test_conversational_prompts_give_message_completions(saved_family, tmp_path)
 
     data = [{"prompt": [{"role": "user", "content": "w5 w6"}]}]
     trainer = GRPOTrainer(
-        model, check, _args(tmp_path, max_steps=1), train_dataset=data, processing_class=tok
+        model, check, grpo_args(tmp_path, max_steps=1), train_dataset=data, processing_class=tok
     )
     trainer.train()
     assert got["p"] == data[0]["prompt"]
@@ -183,7 +173,7 @@ def test_grpo_raises_the_reward_on_held_out_prompts(load_tiny, tmp_path):
     model, tok = load_tiny()
     held_out = [f"w{100 + i} w{120 + i}" for i in range(4)]
     before = _sampled_reward(model, held_out, seed)
-    args = _args(tmp_path, max_steps=14, num_generations=8, per_device_train_batch_size=8, seed=seed)
+    args = grpo_args(tmp_path, max_steps=14, num_generations=8, per_device_train_batch_size=8, seed=seed)
     args.learning_rate = 0.1
     trainer = GRPOTrainer(model, low_word_share, args, train_dataset=_data(14), processing_class=tok)
     trainer.train()

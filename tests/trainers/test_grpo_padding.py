@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grpo_testing import grpo_args
 
-from loris import FastLanguageModel, GRPOConfig, GRPOTrainer
+from loris import FastLanguageModel, GRPOTrainer
 from loris.generation import engine
 from loris.lora import lora_modules
 from loris.trainers import grpo
@@ -70,21 +71,6 @@ def _data(n=4):
     return [{"prompt": " ".join(f"w{5 + i + j}" for j in range(2 + i % 4))} for i in range(n)]
 
 
-def _args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=0.05,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-    )
-    return GRPOConfig(**{**base, **kw})
-
-
 def reward_len(prompts, completions, **_):
     return [float(len(c)) for c in completions]
 
@@ -94,7 +80,7 @@ def test_grpo_loss_and_gradients_do_not_depend_on_the_padding(loss_type, saved_f
     """The trainer's loss, metrics, gradients and generation-time log-probs (old and reference,
     beta > 0) with padding to 64 tokens equal those without (multiple 1)."""
     model, tok = _lora_model(saved_family)
-    args = _args(
+    args = grpo_args(
         tmp_path, loss_type=loss_type, beta=0.1, num_iterations=2, per_device_train_batch_size=8, seed=3
     )
     trainer = GRPOTrainer(model, reward_len, args, train_dataset=_data(), processing_class=tok)
@@ -141,7 +127,7 @@ def test_rollouts_reuse_one_decode_step(saved_family, tmp_path, monkeypatch):
         return run(model, ids, *a, **kw)
 
     monkeypatch.setattr(engine, "run", spy)
-    args = _args(tmp_path, max_steps=4, generation_decode="static", per_device_train_batch_size=4)
+    args = grpo_args(tmp_path, max_steps=4, generation_decode="static", per_device_train_batch_size=4)
     trainer = GRPOTrainer(model, reward_len, args, train_dataset=_data(), processing_class=tok)
     kept = []
     monkeypatch.setattr(trainer, "save_reward_plot", lambda: kept.append(engine.decode_steps(model)) or None)
