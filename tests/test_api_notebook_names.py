@@ -225,6 +225,30 @@ def test_save_lora_load_lora_fast_generate(saved_family, tmp_path):
         model.load_lora(tmp_path / "nothing_here")
 
 
+def test_load_lora_of_another_rank_restores_the_live_adapter(saved_family, tmp_path):
+    """Generating with a saved adapter of another rank leaves the live adapter as it was: the same
+    Parameter objects (an optimizer holds them), shapes, values, rank and scaling."""
+    from loris import SamplingParams
+    from loris.lora import lora_modules
+
+    folder = saved_family("llama")[1]
+    other, _ = _load(folder)
+    other = FastLanguageModel.get_peft_model(other, r=8, lora_alpha=32, use_gradient_checkpointing=False)
+    other.save_lora(tmp_path / "rank8")
+    model, _ = _load(folder)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8, use_gradient_checkpointing=False)
+    before = {
+        k: (m.lora_A, m.lora_B, m.lora_A.clone(), m.lora_B.clone(), m.r, m.scaling)
+        for k, m in lora_modules(model)
+    }
+    params = SamplingParams(temperature=0, max_tokens=4)
+    model.fast_generate("w5 w9", sampling_params=params, lora_request=model.load_lora(tmp_path / "rank8"))
+    for k, m in lora_modules(model):
+        a, b, a_val, b_val, r, scaling = before[k]
+        assert m.lora_A is a and m.lora_B is b and (m.r, m.scaling) == (r, scaling)
+        assert torch.equal(m.lora_A, a_val) and torch.equal(m.lora_B, b_val)
+
+
 # ---- UnslothTrainer / UnslothTrainingArguments(embedding_learning_rate=...) ------------------------
 
 

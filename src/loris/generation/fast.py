@@ -57,17 +57,23 @@ def lora_context(model, lora_request: LoRARequest | None, base_when_none: bool):
     mods = dict(lora_modules(model))
     if not mods:
         raise ValueError("lora_request needs a model with LoRA slots: call get_peft_model first")
-    saved = {k: (m.lora_A.detach().clone(), m.lora_B.detach().clone(), m.scaling) for k, m in mods.items()}
+    # The Parameter objects themselves come back (an optimizer holds them; an adapter of another
+    # rank replaces them while it is loaded), with their values, rank and scaling.
+    saved = {
+        k: (m.lora_A, m.lora_B, m.lora_A.detach().clone(), m.lora_B.detach().clone(), m.r, m.scaling)
+        for k, m in mods.items()
+    }
     try:
         with torch.no_grad():
             load_adapter_weights(model, lora_request.lora_path, read_adapter_config(lora_request.lora_path))
         yield
     finally:
         with torch.no_grad():
-            for k, (a, b, s) in saved.items():
-                mods[k].lora_A.copy_(a)
-                mods[k].lora_B.copy_(b)
-                mods[k].scaling = s
+            for k, (a, b, a_val, b_val, r, scaling) in saved.items():
+                m = mods[k]
+                m.lora_A, m.lora_B, m.r, m.scaling = a, b, r, scaling
+                a.copy_(a_val)
+                b.copy_(b_val)
 
 
 def fast_generate(
