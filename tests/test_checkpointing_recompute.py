@@ -43,9 +43,17 @@ def _grads(folder, mode, dropout=0.0, passes=(1, 1)):
     return losses, torch.cat([t.grad.flatten() for _, m in lora_modules(model) for t in (m.lora_A, m.lora_B)])
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["modules", "fused-lora"])
 @pytest.mark.parametrize("mode", [True, "offload"])
 @pytest.mark.parametrize("passes", [(1, 1), (2,)], ids=["accumulate", "two-forwards-one-backward"])
-def test_recompute_matches_torch_checkpoint_and_no_checkpointing(saved_family, mode, passes):
+def test_recompute_matches_torch_checkpoint_and_no_checkpointing(
+    saved_family, mode, passes, fused, monkeypatch
+):
+    """Also through the fused LoRA Functions (switched on for CPU tensors), whose first block then
+    skips its input gradient."""
+    import loris.lora as lora_mod
+
+    monkeypatch.setattr(lora_mod, "_fast", lambda x: fused)
     _, folder = saved_family("llama")
     ref_loss, ref = _grads(folder, "torch", passes=passes)
     plain_loss, plain = _grads(folder, False, passes=passes)
