@@ -199,7 +199,12 @@ class LoraLinear(nn.Module):
 
     def adapter_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, B) in ``dtype`` for the fused path, cast once per optimizer step rather than per use
-        (one memo per dtype, so alternating dtypes never swap out tensors a decode graph reads)."""
+        (one memo per dtype, so alternating dtypes never swap out tensors a decode graph reads).
+
+        The memo is keyed on the parameters' version counters, which every in-place write bumps
+        (optimizer steps, ``copy_`` under ``torch.no_grad()``, ``load_state_dict``) except writes
+        through ``.data``: after one of those, the next optimizer step (or any in-place write)
+        brings the copies up to date."""
         a, b = self.lora_A, self.lora_B
         if a.dtype == dtype and b.dtype == dtype:
             return a, b
