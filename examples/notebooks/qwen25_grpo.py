@@ -75,17 +75,29 @@ def xmlcount_reward_func(completions, **kwargs) -> list[float]:
     return [count_xml(c[0]["content"]) for c in completions]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+# What the notebook sets; the Llama-3.1 GRPO notebook (llama31_grpo.py) is this one with its own.
+NOTEBOOK = dict(
+    lora_rank=64,
+    gpu_memory_utilization=0.9,
+    optim="adamw_8bit",
+    num_generations=8,
+    max_completion_length=200,
+    output_dir="outputs/qwen25_grpo",
+)
+
+
+def main(argv: list[str] | None = None, notebook: dict | None = None, description: str = __doc__) -> None:
+    notebook = notebook or NOTEBOOK
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument(
         "--model", default=None, help="model folder, Hub id or .gguf (default: bundled SmolLM2)"
     )
     parser.add_argument("--max-steps", type=int, default=250)
-    parser.add_argument("--num-generations", type=int, default=8)
-    parser.add_argument("--max-completion-length", type=int, default=200)
+    parser.add_argument("--num-generations", type=int, default=notebook["num_generations"])
+    parser.add_argument("--max-completion-length", type=int, default=notebook["max_completion_length"])
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="for the generations after training")
     parser.add_argument("--load-in-4bit", action="store_true", help="QLoRA, as the notebook does on a GPU")
-    parser.add_argument("--output-dir", default="outputs/qwen25_grpo")
+    parser.add_argument("--output-dir", default=notebook["output_dir"])
     args = parser.parse_args(argv)
 
     from datasets import Dataset
@@ -95,14 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     from loris.demos.notebook_data import gsm8k_sample
 
     max_seq_length = 1024
-    lora_rank = 64
+    lora_rank = notebook["lora_rank"]
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=args.model or str(smollm2_gguf()),
         max_seq_length=max_seq_length,
         load_in_4bit=args.load_in_4bit,
         fast_inference=True,
         max_lora_rank=lora_rank,
-        gpu_memory_utilization=0.9,
+        gpu_memory_utilization=notebook["gpu_memory_utilization"],
     )
     model = FastLanguageModel.get_peft_model(
         model,
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         weight_decay=0.001,
         warmup_ratio=0.1,
         lr_scheduler_type="cosine",
-        optim="adamw_8bit",
+        optim=notebook["optim"],
         logging_steps=1,
         bf16=is_bfloat16_supported(),
         fp16=not is_bfloat16_supported(),
