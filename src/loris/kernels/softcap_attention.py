@@ -50,18 +50,17 @@ def _compiled_flex():
     return torch.compile(flex_attention)
 
 
-def _causal_block_mask(q_len: int, kv_len: int, device: torch.device):
-    """The causal BlockMask for queries at the last ``q_len`` of ``kv_len`` positions (made once)."""
+def _causal_block_mask(length: int, device: torch.device):
+    """The causal BlockMask of a ``length``-token self-attention (made once per length)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    key = (q_len, kv_len, device)
+    key = (length, device)
     if key not in _causal_masks:
-        offset = kv_len - q_len
 
         def causal(b, h, q_idx, kv_idx):
-            return kv_idx <= q_idx + offset
+            return kv_idx <= q_idx
 
-        _causal_masks[key] = create_block_mask(causal, None, None, q_len, kv_len, device=device)
+        _causal_masks[key] = create_block_mask(causal, None, None, length, length, device=device)
     return _causal_masks[key]
 
 
@@ -79,7 +78,7 @@ def flex_softcap_attention(q, k, v, scale: float, softcap: float, compiled: bool
     pad = -n % 128
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    block_mask = _causal_block_mask(n + pad, n + pad, q.device)
+    block_mask = _causal_block_mask(n + pad, q.device)
     fn = _compiled_flex() if compiled else flex_attention
     out = fn(q, k, v, score_mod=capped, block_mask=block_mask, scale=scale, enable_gqa=True)
     return out[:, :, :n] if pad else out
