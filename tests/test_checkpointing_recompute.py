@@ -92,3 +92,34 @@ def test_input_gradient_only_where_the_input_needs_one(input_needs_grad):
     assert (x.grad is not None) == input_needs_grad
     if input_needs_grad:
         torch.testing.assert_close(x.grad, torch.full((4,), 3.0))
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+def test_recompute_matches_no_checkpointing_across_block_layouts(saved_family, family, monkeypatch):
+    """Gemma 2's post-MLP norm reads the MLP's output, so its recompute cannot skip it; Qwen3's can."""
+    import loris.lora as lora_mod
+
+    monkeypatch.setattr(lora_mod, "_fast", lambda x: True)
+    _, folder = saved_family(family)
+    plain_loss, plain = _grads(folder, False)
+    loss, got = _grads(folder, True)
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_recompute_skips_the_mlp_output(saved_family, monkeypatch):
+    """Per block and step the fused MLP's activation runs in forward and in backward (for the down
+    adapter's gradient), not in the recompute, whose MLP output nothing reads."""
+    import loris.lora as lora_mod
+    from loris.kernels import lora_fused
+
+    monkeypatch.setattr(lora_mod, "_fast", lambda x: True)
+    calls = []
+    real_act = lora_fused._act
+    monkeypatch.setattr(lora_fused, "_act", lambda *a: calls.append(1) or real_act(*a))
+    _, folder = saved_family("llama")
+    _grads(folder, True, passes=(1,))
+    with_checkpointing = len(calls)
+    calls.clear()
+    _grads(folder, False, passes=(1,))
+    assert with_checkpointing == len(calls) > 0

@@ -94,9 +94,18 @@ def _recompute_backward(ctx, x: torch.Tensor, grad: torch.Tensor) -> torch.Tenso
         torch.set_rng_state(ctx.rng[0])
         if ctx.rng[1] is not None:
             torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
-        out = ctx.block(x, ctx.cos, ctx.sin, ctx.mask)
-    torch.autograd.backward(out, grad)
+        terms = _backward_terms(ctx.block, x, ctx.cos, ctx.sin, ctx.mask)
+    terms = [t for t in terms if t.requires_grad]
+    if terms:
+        torch.autograd.backward(terms, [grad] * len(terms))
     return x.grad if ctx.input_needs_grad else None
+
+
+def _backward_terms(block, x, cos, sin, mask) -> tuple[torch.Tensor, ...]:
+    """Tensors summing to ``block``'s output; a block with ``backward_terms`` (`loris.models.decoder.Block`)
+    leaves out work that only produces output values, which back-propagation never reads."""
+    terms = getattr(block, "backward_terms", None)
+    return terms(x, cos, sin, mask) if terms is not None else (block(x, cos, sin, mask),)
 
 
 def _keep_call(

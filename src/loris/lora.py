@@ -143,15 +143,27 @@ def project(x: torch.Tensor, mods) -> tuple[torch.Tensor, ...]:
     return tuple(m(x) for m in mods)
 
 
-def gated_mlp(x: torch.Tensor, gate, up, down, activation: str, act_fn) -> torch.Tensor:
+def gated_mlp(
+    x: torch.Tensor, gate, up, down, activation: str, act_fn, output_unused: bool = False
+) -> torch.Tensor:
     """``down(act(gate(x)) * up(x))``; the fused LoRA MLP on CUDA when all three are LoRA slots,
-    with gate and up as one GEMM when their weights are packed."""
+    with gate and up as one GEMM when their weights are packed. With ``output_unused`` (the result
+    is only back-propagated through), the fused MLP returns a placeholder of the right shape instead
+    of computing it."""
     packed = _packed(x, (gate, up))
     if packed is not None and packed[0] == "plain":
         g, u = F.linear(x, packed[1], packed[2]).split(gate.out_features, dim=-1)
         return down(act_fn(g, u))
     if _fused_path(x, (gate, up, down)):
-        return lora_mlp(x, gate, up, down, ACTIVATION_IDS[activation], packed=packed and packed[1:])
+        return lora_mlp(
+            x,
+            gate,
+            up,
+            down,
+            ACTIVATION_IDS[activation],
+            packed=packed and packed[1:],
+            skip_output=output_unused,
+        )
     return down(act_fn(gate(x), up(x)))
 
 

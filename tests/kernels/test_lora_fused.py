@@ -294,3 +294,32 @@ def test_base_plus_update_in_either_order(k, n, bias):
     c = torch.randn(n, generator=g) if bias else None
     want = x @ w.t() + 0.5 * xa @ b.t() + (c if bias else 0)
     torch.testing.assert_close(_base_plus(x, w, xa, b, c, 0.5), want)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed"])
+def test_mlp_skip_output_gives_the_same_gradients_without_the_down_projection(packed, monkeypatch):
+    """A placeholder output that back-propagates like the real one: activation checkpointing's
+    recompute reads only gradients, so the activation and the down GEMM are not run."""
+    from loris.kernels import lora_fused
+
+    mods = [_lora(16, 24, torch.float32, "cpu", seed=i) for i in range(2)] + [
+        _lora(24, 16, torch.float32, "cpu", seed=2)
+    ]
+    if packed:
+        assert pack([mods[0].base, mods[1].base])
+    x = torch.randn(2, 3, 16, requires_grad=True)
+    dy = torch.randn(2, 3, 16)
+    view = packed_view([mods[0].base, mods[1].base]) if packed else None
+    lora_mlp(x, *mods, ACTIVATION_IDS["silu"], packed=view).backward(dy)
+    ref_grads = _grads(mods, x)
+    _zero(mods, x)
+    calls = []
+    real_act = lora_fused._act
+    monkeypatch.setattr(lora_fused, "_act", lambda *a: calls.append(1) or real_act(*a))
+    out = lora_mlp(x, *mods, ACTIVATION_IDS["silu"], packed=view, skip_output=True)
+    assert out.shape == (2, 3, 16) and out.stride() == (0, 0, 0)
+    assert calls == []  # no activation (and so no down projection) in forward
+    out.backward(dy)
+    assert calls == [1]  # backward's own recomputation, for the down adapter's gradient
+    for a, c in zip(_grads(mods, x), ref_grads, strict=True):
+        assert _rel(a, c) < 1e-6

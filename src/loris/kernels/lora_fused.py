@@ -267,11 +267,20 @@ class LoraPackedFunction(torch.autograd.Function):
         return (dx.view(ctx.shape) if dx is not None else None), None, None, None, *grads
 
 
+_MLP_ADAPTERS = 5  # LoraMLPFunction's inputs before the (A, B) pairs: x, mods, act, packed, skip_output
+
+
 class LoraMLPFunction(torch.autograd.Function):
-    """``down(act(gate(x)) * up(x))`` with LoRA on all three; saves x, gate, up only."""
+    """``down(act(gate(x)) * up(x))`` with LoRA on all three; saves x, gate, up only.
+
+    With ``skip_output`` the output is a zero-stride placeholder: backward needs only x, gate and up,
+    so a recompute that merely back-propagates (activation checkpointing) skips the activation and
+    the down projection."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mods: tuple, act: int, packed, *adapters: torch.Tensor):
+    def forward(
+        ctx, x: torch.Tensor, mods: tuple, act: int, packed, skip_output: bool, *adapters: torch.Tensor
+    ):
         x2 = _rows(x)
         if packed is None:
             g, u = _project(x2, mods[:2], x.dtype)
@@ -280,12 +289,15 @@ class LoraMLPFunction(torch.autograd.Function):
             gu = _project_packed(x2, mods[:2], packed[0], packed[1], x.dtype)
             g, u = gu.split(mods[0].out_features, dim=1)
             kept = (gu,)
-        (out,) = _project(_act(g, u, act), mods[2:], x.dtype)
         # Everything backward needs goes through save_for_backward (never a ctx attribute), so
         # activation checkpointing can drop it and recompute it.
         ctx.save_for_backward(x2, *kept, *adapters)
         ctx.mods, ctx.act, ctx.shape, ctx.packed = mods, act, x.shape, packed
-        return out.view(*x.shape[:-1], out.shape[-1])
+        shape = (*x.shape[:-1], mods[2].out_features)
+        if skip_output:
+            return x.new_zeros(()).expand(shape)
+        (out,) = _project(_act(g, u, act), mods[2:], x.dtype)
+        return out.view(shape)
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
@@ -300,19 +312,20 @@ class LoraMLPFunction(torch.autograd.Function):
             g, u = gu.split(ctx.mods[0].out_features, dim=1)
         dtype = x2.dtype
         need = ctx.needs_input_grad
+        ab = need[_MLP_ADAPTERS:]  # A, B of gate, up, down
         down = ctx.mods[2]
         a_d, b_d = down.adapter_weights(dtype)
         dout2 = _rows(dout).to(dtype)
         dyb = dout2 @ b_d
         grads_down: list = [None, None]
-        if need[8] or need[9]:
+        if ab[4] or ab[5]:
             h = _act(g, u, ctx.act)  # recomputed, and dropped before dh exists: never both alive
             grads_down = _adapter_grads(down, h, dout2, dyb, h @ a_d.t())
             del h
         dh = _base_plus(dout2, _dense_weight(down.base, dtype).t(), dyb, a_d.t(), scaling=down.scaling)
         dg, du = _act_backward_(dh, g, u, ctx.act)  # written over g and u
         del dh
-        need_gu = [need[4] or need[5], need[6] or need[7]]
+        need_gu = [ab[0] or ab[1], ab[2] or ab[3]]
         if ctx.packed is None:
             dx, grads_gu = _project_backward(x2, ctx.mods[:2], [dg, du], dtype, need[0], need_gu)
         else:  # g and u are the halves of one buffer, which now holds [dg | du]
@@ -320,7 +333,8 @@ class LoraMLPFunction(torch.autograd.Function):
                 x2, ctx.mods[:2], ctx.packed[0], gu, dtype, need[0], need_gu
             )
         ctx.mods = None
-        return (dx.view(ctx.shape) if dx is not None else None), None, None, None, *grads_gu, *grads_down
+        dx = dx.view(ctx.shape) if dx is not None else None
+        return dx, None, None, None, None, *grads_gu, *grads_down
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -342,10 +356,13 @@ def lora_projections(x: torch.Tensor, mods: Sequence) -> tuple[torch.Tensor, ...
     return _apply(LoraProjectionsFunction, x, mods)
 
 
-def lora_mlp(x: torch.Tensor, gate, up, down, act: int, packed=None) -> torch.Tensor:
+def lora_mlp(
+    x: torch.Tensor, gate, up, down, act: int, packed=None, skip_output: bool = False
+) -> torch.Tensor:
     """``down(act(gate(x)) * up(x))`` for three LoRA projections; ``act`` from ACTIVATION_IDS;
-    ``packed``: (weight, bias) of gate and up stacked (`loris.models.packing`), or None."""
-    return _apply(LoraMLPFunction, x, (gate, up, down), act, packed)
+    ``packed``: (weight, bias) of gate and up stacked (`loris.models.packing`), or None;
+    ``skip_output``: return an uncomputed placeholder, for callers that only back-propagate."""
+    return _apply(LoraMLPFunction, x, (gate, up, down), act, packed, skip_output)
 
 
 def lora_packed(x: torch.Tensor, mods: Sequence, weight: torch.Tensor, bias) -> torch.Tensor:

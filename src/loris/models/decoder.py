@@ -118,8 +118,12 @@ class MLP(nn.Module):
         self.activation = cfg.activation
         self.act = GATED_ACTIVATIONS[cfg.activation]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gated_mlp(x, self.gate_proj, self.up_proj, self.down_proj, self.activation, self.act)
+    def forward(self, x: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
+        """``output_unused``: the caller only back-propagates through the result and never reads it,
+        so the fused path may skip the down projection's forward (see `Block.backward_terms`)."""
+        return gated_mlp(
+            x, self.gate_proj, self.up_proj, self.down_proj, self.activation, self.act, output_unused
+        )
 
 
 class Block(nn.Module):
@@ -137,14 +141,27 @@ class Block(nn.Module):
             self.attn_post_norm = self.mlp_post_norm = None
 
     def forward(self, x, cos, sin, mask, kv_cache=None, cache_start: int = 0) -> torch.Tensor:
+        x = self._attend(x, cos, sin, mask, kv_cache, cache_start)
+        return x + self._mlp_branch(x)
+
+    def _attend(self, x, cos, sin, mask, kv_cache=None, cache_start: int = 0) -> torch.Tensor:
+        """The residual stream after the attention half."""
         h = self.self_attn(self.attn_norm(x), cos, sin, mask, kv_cache, cache_start)
         if self.attn_post_norm is not None:
             h = self.attn_post_norm(h)
-        x = x + h
-        h = self.mlp(self.mlp_norm(x))
-        if self.mlp_post_norm is not None:
-            h = self.mlp_post_norm(h)
         return x + h
+
+    def _mlp_branch(self, x: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
+        h = self.mlp(self.mlp_norm(x), output_unused and self.mlp_post_norm is None)
+        return h if self.mlp_post_norm is None else self.mlp_post_norm(h)
+
+    def backward_terms(self, x, cos, sin, mask) -> tuple[torch.Tensor, ...]:
+        """Tensors whose sum is ``forward(x)``, rebuilt by activation checkpointing only to
+        back-propagate the output's gradient into each of them. Their values are never read, so the
+        MLP may leave its output uncomputed: the down projection's forward (and the activation
+        feeding it) is a tenth of a block's recompute that nothing in backward needs."""
+        x = self._attend(x, cos, sin, mask)
+        return x, self._mlp_branch(x, output_unused=True)
 
 
 def causal_mask(
