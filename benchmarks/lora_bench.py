@@ -366,6 +366,46 @@ def cmd_train(args) -> int:
     return 0 if res["ok"] else 1
 
 
+WARM_GPU = """
+import time, torch
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+end = time.time() + {seconds}
+while time.time() < end:
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+"""
+
+
+def warm_gpu(seconds: float) -> None:
+    """Keep the GPU busy for a while before the first timed run: an idle card starts at low clocks,
+    and without this the first system of a suite ran up to 15% slower than the same system later."""
+    if seconds > 0:
+        subprocess.run([sys.executable, "-c", WARM_GPU.format(seconds=seconds)], check=False)
+
+
+def _run_system(args, setting: str, ckpt: Path, system: str) -> dict:
+    """One system's training run, in its own process."""
+    t = time.time()
+    cmd = [sys.executable, __file__, "train", "--system", system, "--setting", setting, "--ckpt", str(ckpt)]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    res = (
+        json.loads(line[-1][7:])
+        if line
+        else dict(system=system, setting=setting, ok=False, error=p.stderr[-2000:])
+    )
+    res["wall_s"] = round(time.time() - t, 1)
+    outcome = (
+        f"{res.get('tokens_per_s')} tok/s, peak {res.get('peak_mem_gb')} GiB"
+        if res.get("ok")
+        else "FAILED " + res.get("error", "")[-600:]
+    )
+    print(f"[bench] {setting}/{system}: {outcome}", flush=True)
+    return res
+
+
 def cmd_suite(args) -> int:
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,46 +416,16 @@ def cmd_suite(args) -> int:
             t = time.time()
             make_checkpoint(SETTINGS[setting]["shape"], ckpt)
             print(f"[bench] checkpoint {setting}: {time.time() - t:.0f}s", flush=True)
-        for system in args.systems:
-            t = time.time()
-            p = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "train",
-                    "--system",
-                    system,
-                    "--setting",
-                    setting,
-                    "--ckpt",
-                    str(ckpt),
-                    "--steps",
-                    str(args.steps),
-                    "--warmup",
-                    str(args.warmup),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=args.timeout,
-            )
-            line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-            res = (
-                json.loads(line[-1][7:])
-                if line
-                else dict(system=system, setting=setting, ok=False, error=p.stderr[-2000:])
-            )
-            res["wall_s"] = round(time.time() - t, 1)
-            rows.append(res)
-            print(
-                f"[bench] {setting}/{system}: "
-                + (
-                    f"{res.get('tokens_per_s')} tok/s, peak {res.get('peak_mem_gb')} GiB"
-                    if res.get("ok")
-                    else "FAILED " + res.get("error", "")[-600:]
-                ),
-                flush=True,
-            )
-            (out / "lora_bench.json").write_text(json.dumps(rows, indent=1))
+        if not rows:
+            warm_gpu(args.warm_gpu)
+        # Rounds interleave the systems (A B A B), so a drift of the host or the card during the
+        # suite touches every system alike; every run is kept, the table shows each one's best.
+        for round_ in range(args.repeat):
+            for system in args.systems:
+                res = _run_system(args, setting, ckpt, system)
+                res["round"] = round_
+                rows.append(res)
+                (out / "lora_bench.json").write_text(json.dumps(rows, indent=1))
     print_table(rows)
     return 0
 
@@ -445,23 +455,44 @@ def mfu(row: dict) -> float | None:
     return row["tokens_per_s"] * flops_per_token(row["shape"], row["seq"]) / HOPPER_BF16_DENSE_FLOPS
 
 
-def print_table(rows) -> None:
-    print("| setting | system | tokens/s | median-step tokens/s | peak GiB | MFU | loss first -> last |")
-    print("|---|---|---|---|---|---|---|")
+def best_runs(rows) -> list[dict]:
+    """One row per (setting, system): the run with the most tokens/s (failed runs only where no run
+    succeeded), carrying every run's tokens/s in ``runs``."""
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
+        groups.setdefault((r["setting"], r["system"]), []).append(r)
+    best = []
+    for group in groups.values():
+        ok = [r for r in group if r.get("ok") and "tokens_per_s" in r]
+        if not ok:
+            best.append(group[-1])
+            continue
+        top = dict(max(ok, key=lambda r: r["tokens_per_s"]))
+        top["runs"] = [r["tokens_per_s"] for r in ok]
+        best.append(top)
+    return best
+
+
+def print_table(rows) -> None:
+    print(
+        "| setting | system | tokens/s | median-step tokens/s | peak GiB | MFU | loss first -> last | runs |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in best_runs(rows):
         if r.get("ok") and "max_seq" in r:
             print(
-                f"| {r['setting']} | {r['system']} | max context {r['max_seq']:,} tokens (cap {r['search_cap']:,}) | | | | |"
+                f"| {r['setting']} | {r['system']} | max context {r['max_seq']:,} tokens (cap {r['search_cap']:,}) | | | | | |"
             )
         elif r.get("ok"):
             u = mfu(r)
+            runs = ", ".join(f"{t:,.0f}" for t in r.get("runs", [r["tokens_per_s"]]))
             print(
                 f"| {r['setting']} | {r['system']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_median_step']:,.0f} | "
                 f"{r['peak_mem_gb']:.2f} | {'' if u is None else f'{100 * u:.1f}%'} | "
-                f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} |"
+                f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} | {runs} |"
             )
         else:
-            print(f"| {r['setting']} | {r['system']} | failed | | | | {r.get('error', '')[:80]} |")
+            print(f"| {r['setting']} | {r['system']} | failed | | | | {r.get('error', '')[:80]} | |")
 
 
 def main() -> int:
@@ -482,6 +513,8 @@ def main() -> int:
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--timeout", type=int, default=400)
+    s.add_argument("--repeat", type=int, default=1, help="rounds over the systems, interleaved")
+    s.add_argument("--warm-gpu", type=float, default=20.0, help="seconds of GPU load before the first run")
     tb = sub.add_parser("table", help="print the Markdown table (with MFU) of a results JSON")
     tb.add_argument("results")
     args = ap.parse_args()
