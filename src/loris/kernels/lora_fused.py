@@ -6,8 +6,9 @@ projection launches a scaling and an addition over its whole (tokens x out) outp
 
 * the update is accumulated into the base output by the GEMM itself (``addmm_``, beta = 1);
 * projections that read the same input (q/k/v, gate/up) share one ``x [A_q; A_k; A_v]^T`` product;
-* backward accumulates every input gradient into one buffer with ``addmm_`` (no elementwise adds)
-  and recomputes the small ``x A^T`` rather than storing it;
+* backward accumulates every input gradient into one buffer with ``addmm_`` (no elementwise adds),
+  reuses the small ``x A^T`` kept from forward (1% of ``x`` at r=16) rather than reading ``x`` again,
+  and computes every projection's dA in one pass over ``x``;
 * the MLP (``down(act(gate(x)) * up(x))``) saves only x, gate and up; the activation is
   recomputed in backward and its gradients are written over gate and up in place.
 
@@ -101,9 +102,10 @@ def _update(xa: torch.Tensor, b: torch.Tensor, bias, scaling: float = 1.0) -> to
     return torch.addmm(bias.to(xa.dtype), xa, b.t(), alpha=scaling)
 
 
-def _project(x2: torch.Tensor, mods: Sequence, dtype: torch.dtype) -> list[torch.Tensor]:
+def _project(x2: torch.Tensor, mods: Sequence, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Forward of projections sharing the 2-D input ``x2``: one shared ``x A^T``, each output written
-    by its update's GEMM and completed by the base GEMM accumulating onto it."""
+    by its update's GEMM and completed by the base GEMM accumulating onto it. Returns the outputs and
+    ``x [A_1; A_2; ...]^T``, which backward reuses."""
     pairs = [m.adapter_weights(dtype) for m in mods]
     xa = x2 @ _stacked_a(mods, pairs, dtype).t()
     outs, start = [], 0
@@ -113,29 +115,42 @@ def _project(x2: torch.Tensor, mods: Sequence, dtype: torch.dtype) -> list[torch
             _base_plus(x2, _dense_weight(m.base, dtype), xa[:, start : start + r], b, m.base.bias, m.scaling)
         )
         start += r
-    return outs
+    return outs, xa
 
 
 def _project_backward(
-    x2: torch.Tensor, mods: Sequence, dys: Sequence[torch.Tensor], dtype: torch.dtype, need_dx: bool, need_ab
+    x2: torch.Tensor,
+    xa: torch.Tensor,
+    mods: Sequence,
+    dys: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+    need_dx: bool,
+    need_ab,
 ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
     """d input (the updates' share in one GEMM over the stacked A, the bases accumulated onto it)
-    and dA, dB per projection; ``x A^T`` recomputed."""
+    and dA, dB per projection, from the input ``x2`` and the forward's ``x A^T`` (``xa``). Every dA
+    comes out of one GEMM over ``x2``: its rows are ``s_i (dy_i B_i)^T x``."""
     pairs = [m.adapter_weights(dtype) for m in mods]
     a_cat = _stacked_a(mods, pairs, dtype)
-    dybs = [(dy @ b) for dy, (_, b) in zip(dys, pairs, strict=True)]  # (tokens, r) each
+    scaled = [(dy @ b) * m.scaling for dy, m, (_, b) in zip(dys, mods, pairs, strict=True)]
+    scaled = torch.cat(scaled, dim=1) if len(scaled) > 1 else scaled[0]  # (tokens, sum of ranks)
     dx = None
     if need_dx:
-        scaled = torch.cat([d * m.scaling for d, m in zip(dybs, mods, strict=True)], dim=1)
         dx = scaled @ a_cat
         for m, dy in zip(mods, dys, strict=True):
             _base_into(dx, dy, _dense_weight(m.base, dtype).t())
+    if not any(need_ab):
+        return dx, [None] * (2 * len(mods))
+    d_a = scaled.t() @ x2
     grads: list[torch.Tensor | None] = []
-    xa = x2 @ a_cat.t() if any(need_ab) else None
     start = 0
-    for i, (m, (a, _), dy, dyb) in enumerate(zip(mods, pairs, dys, dybs, strict=True)):
+    for i, (m, (a, _), dy) in enumerate(zip(mods, pairs, dys, strict=True)):
         r = a.shape[0]
-        grads += _adapter_grads(m, x2, dy, dyb, xa[:, start : start + r]) if need_ab[i] else [None, None]
+        if need_ab[i]:
+            grads.append(d_a[start : start + r].to(m.lora_A.dtype))
+            grads.append((dy.t() @ xa[:, start : start + r]).mul_(m.scaling).to(m.lora_B.dtype))
+        else:
+            grads += [None, None]
         start += r
     return dx, grads
 
@@ -159,17 +174,18 @@ def _block_b(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
     )
 
 
-def _project_packed(x2, mods: Sequence, w: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
+def _project_packed(x2, mods: Sequence, w: torch.Tensor, bias, dtype: torch.dtype):
     """Projections whose base weights are stacked in ``w``: one GEMM for the shared ``x A^T``, one
     (block-diagonal B) writing every update, one for the bases accumulating onto it. Returns
-    (tokens, sum of outputs)."""
+    (tokens, sum of outputs) and ``x A^T``."""
     pairs = [m.adapter_weights(dtype) for m in mods]
     xa = x2 @ _stacked_a(mods, pairs, dtype).t()
-    return _base_plus(x2, w.to(dtype), xa, _block_b(mods, pairs, dtype), bias)
+    return _base_plus(x2, w.to(dtype), xa, _block_b(mods, pairs, dtype), bias), xa
 
 
-def _project_packed_backward(x2, mods: Sequence, w, dy: torch.Tensor, dtype, need_dx: bool, need_ab):
-    """d input and (dA, dB) per projection for `_project_packed`; ``dy`` is (tokens, sum of outputs)."""
+def _project_packed_backward(x2, xa, mods: Sequence, w, dy: torch.Tensor, dtype, need_dx: bool, need_ab):
+    """d input and (dA, dB) per projection for `_project_packed`; ``dy`` is (tokens, sum of outputs),
+    ``xa`` the forward's ``x A^T``."""
     pairs = [m.adapter_weights(dtype) for m in mods]
     a_cat, b_bd = _stacked_a(mods, pairs, dtype), _block_b(mods, pairs, dtype)
     dyb = dy @ b_bd  # (tokens, sum of ranks), scalings included
@@ -179,7 +195,6 @@ def _project_packed_backward(x2, mods: Sequence, w, dy: torch.Tensor, dtype, nee
     grads: list[torch.Tensor | None] = []
     if not any(need_ab):
         return dx, [None] * (2 * len(mods))
-    xa = x2 @ a_cat.t()
     d_a = dyb.t() @ x2
     d_b = dy.t() @ xa  # (sum of outputs, sum of ranks): only its diagonal blocks are used
     r0 = o0 = 0
@@ -223,14 +238,14 @@ class LoraProjectionsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, mods: tuple, *adapters: torch.Tensor):
         x2 = _rows(x)
-        outs = _project(x2, mods, x.dtype)
-        ctx.save_for_backward(x2, *adapters)
+        outs, xa = _project(x2, mods, x.dtype)
+        ctx.save_for_backward(x2, xa, *adapters)
         ctx.mods, ctx.shape = mods, x.shape
         return tuple(y.view(*x.shape[:-1], y.shape[-1]) for y in outs)
 
     @staticmethod
     def backward(ctx, *dys: torch.Tensor):
-        x2 = ctx.saved_tensors[0]
+        x2, xa = ctx.saved_tensors[:2]
         dys2 = [
             _rows(dy) if dy is not None else x2.new_zeros(x2.shape[0], m.out_features)
             for dy, m in zip(dys, ctx.mods, strict=True)
@@ -239,7 +254,7 @@ class LoraProjectionsFunction(torch.autograd.Function):
             ctx.needs_input_grad[2 + 2 * i] or ctx.needs_input_grad[3 + 2 * i] for i in range(len(ctx.mods))
         ]
         dx, grads = _project_backward(
-            x2, ctx.mods, [d.to(x2.dtype) for d in dys2], x2.dtype, ctx.needs_input_grad[0], need_ab
+            x2, xa, ctx.mods, [d.to(x2.dtype) for d in dys2], x2.dtype, ctx.needs_input_grad[0], need_ab
         )
         return (dx.view(ctx.shape) if dx is not None else None), None, *grads
 
@@ -251,18 +266,18 @@ class LoraPackedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, mods: tuple, w: torch.Tensor, bias, *adapters: torch.Tensor):
         x2 = _rows(x)
-        y = _project_packed(x2, mods, w, bias, x.dtype)
-        ctx.save_for_backward(x2, *adapters)
+        y, xa = _project_packed(x2, mods, w, bias, x.dtype)
+        ctx.save_for_backward(x2, xa, *adapters)
         ctx.mods, ctx.w, ctx.shape = mods, w, x.shape
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x2 = ctx.saved_tensors[0]
+        x2, xa = ctx.saved_tensors[:2]
         need = ctx.needs_input_grad
         need_ab = [need[4 + 2 * i] or need[5 + 2 * i] for i in range(len(ctx.mods))]
         dx, grads = _project_packed_backward(
-            x2, ctx.mods, ctx.w, _rows(dy).to(x2.dtype), x2.dtype, need[0], need_ab
+            x2, xa, ctx.mods, ctx.w, _rows(dy).to(x2.dtype), x2.dtype, need[0], need_ab
         )
         return (dx.view(ctx.shape) if dx is not None else None), None, None, None, *grads
 
@@ -283,20 +298,20 @@ class LoraMLPFunction(torch.autograd.Function):
     ):
         x2 = _rows(x)
         if packed is None:
-            g, u = _project(x2, mods[:2], x.dtype)
+            (g, u), xa = _project(x2, mods[:2], x.dtype)
             kept = (g, u)
         else:  # gate and up stacked: one GEMM, g and u are column halves of its output
-            gu = _project_packed(x2, mods[:2], packed[0], packed[1], x.dtype)
+            gu, xa = _project_packed(x2, mods[:2], packed[0], packed[1], x.dtype)
             g, u = gu.split(mods[0].out_features, dim=1)
             kept = (gu,)
         # Everything backward needs goes through save_for_backward (never a ctx attribute), so
         # activation checkpointing can drop it and recompute it.
-        ctx.save_for_backward(x2, *kept, *adapters)
+        ctx.save_for_backward(x2, xa, *kept, *adapters)
         ctx.mods, ctx.act, ctx.shape, ctx.packed = mods, act, x.shape, packed
         shape = (*x.shape[:-1], mods[2].out_features)
         if skip_output:
             return x.new_zeros(()).expand(shape)
-        (out,) = _project(_act(g, u, act), mods[2:], x.dtype)
+        (out,), _ = _project(_act(g, u, act), mods[2:], x.dtype)
         return out.view(shape)
 
     @staticmethod
@@ -304,11 +319,11 @@ class LoraMLPFunction(torch.autograd.Function):
         if ctx.mods is None:
             raise RuntimeError("the fused LoRA MLP's backward reuses its saved tensors: it cannot run twice")
         saved = ctx.saved_tensors
-        x2 = saved[0]
+        x2, xa = saved[0], saved[1]
         if ctx.packed is None:
-            g, u = saved[1], saved[2]
+            g, u = saved[2], saved[3]
         else:
-            gu = saved[1]
+            gu = saved[2]
             g, u = gu.split(ctx.mods[0].out_features, dim=1)
         dtype = x2.dtype
         need = ctx.needs_input_grad
@@ -327,10 +342,10 @@ class LoraMLPFunction(torch.autograd.Function):
         del dh
         need_gu = [ab[0] or ab[1], ab[2] or ab[3]]
         if ctx.packed is None:
-            dx, grads_gu = _project_backward(x2, ctx.mods[:2], [dg, du], dtype, need[0], need_gu)
+            dx, grads_gu = _project_backward(x2, xa, ctx.mods[:2], [dg, du], dtype, need[0], need_gu)
         else:  # g and u are the halves of one buffer, which now holds [dg | du]
             dx, grads_gu = _project_packed_backward(
-                x2, ctx.mods[:2], ctx.packed[0], gu, dtype, need[0], need_gu
+                x2, xa, ctx.mods[:2], ctx.packed[0], gu, dtype, need[0], need_gu
             )
         ctx.mods = None
         dx = dx.view(ctx.shape) if dx is not None else None
