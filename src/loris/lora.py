@@ -221,8 +221,16 @@ class LoraLinear(nn.Module):
         if a.dtype == dtype and b.dtype == dtype:
             return a, b
         key = (dtype, a._version, a.data_ptr(), b._version, b.data_ptr())
+
+        def refill(old: tuple[torch.Tensor, torch.Tensor]) -> bool:
+            if old[0].shape != a.shape or old[1].shape != b.shape or old[0].device != a.device:
+                return False
+            old[0].copy_(a)  # cast in the copy
+            old[1].copy_(b)
+            return True
+
         return memo_on(
-            self, f"_adapter_cache_{dtype}", key, lambda: (a.detach().to(dtype), b.detach().to(dtype))
+            self, f"_adapter_cache_{dtype}", key, lambda: (a.detach().to(dtype), b.detach().to(dtype)), refill
         )
 
     def fusable(self) -> bool:

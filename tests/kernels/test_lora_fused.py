@@ -323,3 +323,20 @@ def test_mlp_skip_output_gives_the_same_gradients_without_the_down_projection(pa
     assert calls == [1]  # backward's own recomputation, for the down adapter's gradient
     for a, c in zip(_grads(mods, x), ref_grads, strict=True):
         assert _rel(a, c) < 1e-6
+
+
+def test_derived_adapter_tensors_follow_a_new_rank_split():
+    """Adapters of other ranks with the same total (a loaded adapter): the refreshed block-diagonal B
+    has its blocks where the new ranks put them and zeros elsewhere."""
+    from loris.kernels.lora_fused import _block_b, _stacked_a
+
+    mods = [_lora(16, 8, torch.float32, "cpu", r=4, seed=0), _lora(16, 12, torch.float32, "cpu", r=4, seed=1)]
+    pairs = [m.adapter_weights(torch.float64) for m in mods]
+    _stacked_a(mods, pairs, torch.float64), _block_b(mods, pairs, torch.float64)
+    for m, r, seed in zip(mods, (2, 6), (2, 3), strict=True):
+        fresh = _lora(16, m.out_features, torch.float32, "cpu", r=r, seed=seed)
+        m.lora_A, m.lora_B = fresh.lora_A, fresh.lora_B
+    pairs = [m.adapter_weights(torch.float64) for m in mods]
+    stacked, block = _stacked_a(mods, pairs, torch.float64), _block_b(mods, pairs, torch.float64)
+    torch.testing.assert_close(stacked, torch.cat([m.lora_A.double() for m in mods]))
+    torch.testing.assert_close(block, torch.block_diag(*(m.lora_B.double() * m.scaling for m in mods)))

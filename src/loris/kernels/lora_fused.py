@@ -31,15 +31,20 @@ from loris.kernels.activations import gated_backward, gated_forward, gated_parts
 from loris.quant import QuantizedLinear
 
 
-def memo_on(owner, attr: str, key: tuple, build):
+def memo_on(owner, attr: str, key: tuple, build, refill=None):
     """``build()``, kept on ``owner`` as ``attr`` until ``key`` (versions of the tensors it was built
     from) changes: derived adapter tensors are rebuilt once per optimizer step, not once per use.
 
-    A rebuild of the same shapes is copied into the tensors already handed out, so a CUDA graph
-    captured over them (the decode step) sees the new adapter without being captured again."""
+    A rebuild of the same shapes lands in the tensors already handed out, so a CUDA graph captured
+    over them (the decode step) sees the new adapter without being captured again: ``refill(old)``
+    writes the new values straight into them (one kernel per tensor, no temporary) and returns True,
+    or returns False when they no longer fit; then ``build()``'s result is copied in or replaces them."""
     cached = getattr(owner, attr, None)
     if cached is None or cached[0] != key:
         with torch.no_grad():
+            if cached is not None and refill is not None and refill(cached[1]):
+                setattr(owner, attr, (key, cached[1]))
+                return cached[1]
             fresh = build()
             if cached is not None and _same_layout(cached[1], fresh):
                 for old, new in zip(_as_tuple(cached[1]), _as_tuple(fresh), strict=True):
@@ -75,7 +80,15 @@ def _stacked_a(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
     if len(pairs) == 1:
         return pairs[0][0]
     key = (dtype, *map(id, mods), *_versions(m.lora_A for m in mods))
-    return memo_on(mods[0], f"_stacked_a_cache_{dtype}", key, lambda: torch.cat([a for a, _ in pairs]))
+    sources = [a for a, _ in pairs]
+
+    def refill(old: torch.Tensor) -> bool:
+        if old.shape != (sum(a.shape[0] for a in sources), sources[0].shape[1]) or not old.is_contiguous():
+            return False
+        torch.cat(sources, out=old)
+        return True
+
+    return memo_on(mods[0], f"_stacked_a_cache_{dtype}", key, lambda: torch.cat(sources), refill)
 
 
 def _base_into(y: torch.Tensor, x2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -166,11 +179,20 @@ def _adapter_grads(m, x2: torch.Tensor, dy: torch.Tensor, dyb: torch.Tensor, xa:
 def _block_b(mods: Sequence, pairs, dtype: torch.dtype) -> torch.Tensor:
     """blockdiag(s_1 B_1, s_2 B_2, ...): one GEMM adds every update to a packed output."""
     key = (dtype, *map(id, mods), *(m.scaling for m in mods), *_versions(m.lora_B for m in mods))
+    blocks = [(b, m.scaling) for m, (_, b) in zip(mods, pairs, strict=True)]
+
+    def refill(old: torch.Tensor) -> bool:
+        if old.shape != (sum(b.shape[0] for b, _ in blocks), sum(b.shape[1] for b, _ in blocks)):
+            return False
+        old.zero_()  # the ranks may split differently than last time
+        r0 = o0 = 0
+        for b, scaling in blocks:
+            torch.mul(b, scaling, out=old[o0 : o0 + b.shape[0], r0 : r0 + b.shape[1]])
+            r0, o0 = r0 + b.shape[1], o0 + b.shape[0]
+        return True
+
     return memo_on(
-        mods[0],
-        f"_block_b_cache_{dtype}",
-        key,
-        lambda: torch.block_diag(*(b * m.scaling for m, (_, b) in zip(mods, pairs, strict=True))),
+        mods[0], f"_block_b_cache_{dtype}", key, lambda: torch.block_diag(*(b * s for b, s in blocks)), refill
     )
 
 
