@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from loris.kernels import use_triton
-from loris.kernels.rms_norm import rms_norm_reference
-from loris.kernels.rope import apply_rope_reference
+from loris.kernels.rms_norm import rms_norm, rms_norm_reference
+from loris.kernels.rope import apply_rope, apply_rope_reference
 
 try:  # triton is CUDA-only; the reference path must keep working without it
     import triton
@@ -219,8 +219,9 @@ def qk_norm_rope(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """RMSNorm each head of q (B, L, Hq, D) and k, then rope; returns (B, H, L, D) q and k.
 
-    Triton on CUDA; the reference for trainable norm weights or rotary tables, partial rotary, or
-    dtypes the kernel does not round like the reference (only fp32 / bf16 / fp16)."""
+    One fused Triton kernel on CUDA; the separate norm and rope for trainable norm weights or rotary
+    tables, partial rotary, or dtypes the kernel does not round like the reference (only fp32 / bf16
+    / fp16)."""
     dim = q.shape[-1]
     fused = (
         use_triton(q)
@@ -231,4 +232,7 @@ def qk_norm_rope(
     )
     if fused:
         return qk_norm_rope_triton(q, k, q_weight, k_weight, eps, offset, cos, sin)
-    return qk_norm_rope_reference(q, k, q_weight, k_weight, eps, offset, cos, sin)
+    # Unfused, each op still takes its own kernel where it can (full fine-tuning trains the norms).
+    qn = rms_norm(q, q_weight, eps, offset).transpose(1, 2)
+    kn = rms_norm(k, k_weight, eps, offset).transpose(1, 2)
+    return apply_rope(qn, kn, cos, sin)

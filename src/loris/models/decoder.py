@@ -17,6 +17,7 @@ from torch import nn
 
 from loris.kernels.activations import GATED_ACTIVATIONS
 from loris.kernels.cross_entropy import linear_cross_entropy
+from loris.kernels.qk_norm_rope import qk_norm_rope
 from loris.kernels.rms_norm import rms_norm
 from loris.kernels.rope import apply_rope
 from loris.kernels.softcap_attention import softcap_attention
@@ -87,11 +88,12 @@ class Attention(nn.Module):
         q, k, v = project(x, (self.q_proj, self.k_proj, self.v_proj))
         q = q.view(b, n, self.num_heads, self.head_dim)
         k = k.view(b, n, self.num_kv_heads, self.head_dim)
-        v = v.view(b, n, self.num_kv_heads, self.head_dim)
+        v = v.view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rope(q, k, cos, sin)
+            qn, kn = self.q_norm, self.k_norm
+            q, k = qk_norm_rope(q, k, qn.weight, kn.weight, qn.eps, qn.offset, cos, sin)
+        else:
+            q, k = apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v, cache_start)
         if self.softcap is not None:
