@@ -24,6 +24,8 @@ from loris.kernels.rope import apply_rope, apply_rope_reference
 try:  # triton is CUDA-only; the reference path must keep working without it
     import triton
     import triton.language as tl
+
+    from loris.kernels.rope import load_cos_sin
 except ImportError:  # pragma: no cover - exercised only on installs without triton
     triton = None
 
@@ -125,12 +127,7 @@ if triton is not None:
         row = tl.program_id(0).to(tl.int64)
         b = row // seq_len
         pos = row % seq_len
-        j = tl.arange(0, BLOCK_HALF)[None, :]
-        jm = j < HALF
-        c1 = tl.load(COS + b * scb + pos * scl + j, mask=jm, other=0.0).to(tl.float32)
-        c2 = tl.load(COS + b * scb + pos * scl + HALF + j, mask=jm, other=0.0).to(tl.float32)
-        s1 = tl.load(SIN + b * ssb + pos * ssl + j, mask=jm, other=0.0).to(tl.float32)
-        s2 = tl.load(SIN + b * ssb + pos * ssl + HALF + j, mask=jm, other=0.0).to(tl.float32)
+        c1, c2, s1, s2 = load_cos_sin(COS, SIN, b, pos, scb, scl, ssb, ssl, HALF, BLOCK_HALF)
         if BACKWARD:
             _bwd_heads(QA, Q, WQ, RQ, QB, sab, sah, sal, sqb, sql, sqh, b, pos, row, n_q_heads, offset,
                        c1, c2, s1, s2, CAST_BEFORE_WEIGHT, ROUND_Q, HALF, BLOCK_HQ, BLOCK_HALF)  # fmt: skip

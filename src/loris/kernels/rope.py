@@ -77,6 +77,19 @@ if triton is not None:
             tl.store(o_row + ROT + p, xp.to(O.dtype.element_ty), mask=pmask)
 
     @triton.jit
+    def load_cos_sin(
+        COS, SIN, b, pos, scb, scl, ssb, ssl, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr
+    ):  # fmt: skip
+        """One position's cos and sin as fp32 (1, BLOCK_HALF) rows: first and second half each."""
+        j = tl.arange(0, BLOCK_HALF)[None, :]
+        jm = j < HALF
+        c1 = tl.load(COS + b * scb + pos * scl + j, mask=jm, other=0.0).to(tl.float32)
+        c2 = tl.load(COS + b * scb + pos * scl + HALF + j, mask=jm, other=0.0).to(tl.float32)
+        s1 = tl.load(SIN + b * ssb + pos * ssl + j, mask=jm, other=0.0).to(tl.float32)
+        s2 = tl.load(SIN + b * ssb + pos * ssl + HALF + j, mask=jm, other=0.0).to(tl.float32)
+        return c1, c2, s1, s2
+
+    @triton.jit
     def _rope_kernel(
         Q, K, COS, SIN, QO, KO,
         sqb, sqh, sql, skb, skh, skl, sqob, sqoh, sqol, skob, skoh, skol,
@@ -87,12 +100,7 @@ if triton is not None:
         pid = tl.program_id(0).to(tl.int64)
         b = pid // seq_len
         pos = pid % seq_len
-        j = tl.arange(0, BLOCK_HALF)[None, :]
-        jm = j < HALF
-        c1 = tl.load(COS + b * scb + pos * scl + j, mask=jm, other=0.0).to(tl.float32)
-        c2 = tl.load(COS + b * scb + pos * scl + HALF + j, mask=jm, other=0.0).to(tl.float32)
-        s1 = tl.load(SIN + b * ssb + pos * ssl + j, mask=jm, other=0.0).to(tl.float32)
-        s2 = tl.load(SIN + b * ssb + pos * ssl + HALF + j, mask=jm, other=0.0).to(tl.float32)
+        c1, c2, s1, s2 = load_cos_sin(COS, SIN, b, pos, scb, scl, ssb, ssl, HALF, BLOCK_HALF)
         _rotate_heads(Q, QO, sqb, sqh, sql, sqob, sqoh, sqol, b, pos, n_q_heads, c1, c2, s1, s2,
                       HALF, ROT, DIM, BACKWARD, BLOCK_HQ, BLOCK_HALF, BLOCK_PASS)  # fmt: skip
         _rotate_heads(K, KO, skb, skh, skl, skob, skoh, skol, b, pos, n_k_heads, c1, c2, s1, s2,
