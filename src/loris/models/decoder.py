@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loris.kernels.activations import GATED_ACTIVATIONS
+from loris.kernels.add_rms_norm import add_rms_norm
 from loris.kernels.cross_entropy import linear_cross_entropy
 from loris.kernels.qk_norm_rope import qk_norm_rope
 from loris.kernels.rms_norm import rms_norm
@@ -143,18 +144,19 @@ class Block(nn.Module):
             self.attn_post_norm = self.mlp_post_norm = None
 
     def forward(self, x, cos, sin, mask, kv_cache=None, cache_start: int = 0) -> torch.Tensor:
-        x = self._attend(x, cos, sin, mask, kv_cache, cache_start)
-        return x + self._mlp_branch(x)
+        x, normed = self._attend(x, cos, sin, mask, kv_cache, cache_start)
+        return x + self._mlp_branch(normed)
 
-    def _attend(self, x, cos, sin, mask, kv_cache=None, cache_start: int = 0) -> torch.Tensor:
-        """The residual stream after the attention half."""
+    def _attend(self, x, cos, sin, mask, kv_cache=None, cache_start: int = 0):
+        """The residual stream after the attention half, and its pre-MLP norm (one fused kernel)."""
         h = self.self_attn(self.attn_norm(x), cos, sin, mask, kv_cache, cache_start)
         if self.attn_post_norm is not None:
             h = self.attn_post_norm(h)
-        return x + h
+        norm = self.mlp_norm
+        return add_rms_norm(x, h, norm.weight, norm.eps, norm.offset)
 
-    def _mlp_branch(self, x: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
-        h = self.mlp(self.mlp_norm(x), output_unused and self.mlp_post_norm is None)
+    def _mlp_branch(self, normed: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
+        h = self.mlp(normed, output_unused and self.mlp_post_norm is None)
         return h if self.mlp_post_norm is None else self.mlp_post_norm(h)
 
     def backward_terms(self, x, cos, sin, mask) -> tuple[torch.Tensor, ...]:
@@ -162,8 +164,8 @@ class Block(nn.Module):
         back-propagate the output's gradient into each of them. Their values are never read, so the
         MLP may leave its output uncomputed: the down projection's forward (and the activation
         feeding it) is a tenth of a block's recompute that nothing in backward needs."""
-        x = self._attend(x, cos, sin, mask)
-        return x, self._mlp_branch(x, output_unused=True)
+        x, normed = self._attend(x, cos, sin, mask)
+        return x, self._mlp_branch(normed, output_unused=True)
 
 
 def causal_mask(
