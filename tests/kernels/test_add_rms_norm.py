@@ -109,9 +109,9 @@ def test_strided_inputs_and_gradients(device, dtype, offset) -> None:
     gy = torch.randn(48, 6).to(device, dtype)
 
     def run(fn, dt):
-        x = base_x.to(dt)[:, 0, :].requires_grad_()  # row stride 96
-        h = base_h.to(dt)[:, 1, :].t().contiguous().t().requires_grad_()  # column stride 6
-        wl = w.to(dt).requires_grad_()
+        x = base_x.detach().to(dt)[:, 0, :].requires_grad_()  # row stride 96
+        h = base_h.detach().to(dt)[:, 1, :].t().contiguous().t().requires_grad_()  # column stride 6
+        wl = w.detach().to(dt).requires_grad_()  # a leaf in every dtype (w itself may need grad)
         assert x.stride() == (96, 1) and h.stride() == (1, 6)
         s, y = fn(x, h, wl, EPS, offset)
         (s.sum() + (y.t() * gy.to(dt)).sum()).backward()
