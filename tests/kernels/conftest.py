@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +74,21 @@ def _interpreter_in_effect(request: pytest.FixtureRequest) -> None:
     on_cpu = callspec is not None and callspec.params.get("device") == "cpu"
     if on_cpu and _TRITON_IMPORTED_COMPILED:
         pytest.fail(_TOO_LATE)
+
+
+@pytest.fixture
+def bf16_rounds_to_nearest(monkeypatch):
+    """Triton 3.6's interpreter truncates fp32 -> bf16 casts, where GPUs round to nearest even; this
+    makes it round as the GPU (and torch) does, so the kernel's rounding steps can be checked."""
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    original = interpreter._convert_float
+
+    def convert(data, input_dtype, output_dtype, rounding_mode):
+        if input_dtype == tl.float32 and output_dtype == tl.bfloat16:
+            x = torch.from_numpy(np.ascontiguousarray(data).view(np.float32).copy())
+            return x.bfloat16().view(torch.int16).numpy().view(np.uint16)
+        return original(data, input_dtype, output_dtype, rounding_mode)
+
+    monkeypatch.setattr(interpreter, "_convert_float", convert)

@@ -12,7 +12,6 @@ rounding points), which catches a missing bf16 rounding step that the gold compa
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from kernel_testing import CASES, SAME_DTYPE_TOL, assert_matches, forward_backward, interpreted, upcast
@@ -121,24 +120,6 @@ def test_strided_inputs_and_gradients(device, dtype, offset) -> None:
     golds = run(add_rms_norm_reference, torch.float32)
     for name, o, r, g in zip(["s", "y", "grad x", "grad h", "grad w"], ours, refs, golds, strict=True):
         assert_matches(o, r, g, dtype, name)
-
-
-@pytest.fixture
-def bf16_rounds_to_nearest(monkeypatch):
-    """Triton 3.6's interpreter truncates fp32 -> bf16 casts, where GPUs round to nearest even; this
-    makes it round as the GPU (and torch) does, so the kernel's rounding steps can be checked."""
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    original = interpreter._convert_float
-
-    def convert(data, input_dtype, output_dtype, rounding_mode):
-        if input_dtype == tl.float32 and output_dtype == tl.bfloat16:
-            x = torch.from_numpy(np.ascontiguousarray(data).view(np.float32).copy())
-            return x.bfloat16().view(torch.int16).numpy().view(np.uint16)
-        return original(data, input_dtype, output_dtype, rounding_mode)
-
-    monkeypatch.setattr(interpreter, "_convert_float", convert)
 
 
 @needs_interpreter

@@ -11,7 +11,6 @@ rtol=2e-2, atol=1e-2 x that magnitude of the bf16 reference directly (our rotati
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from kernel_testing import assert_matches, interpreted, upcast
@@ -97,24 +96,6 @@ def _check_bf16(
         torch.testing.assert_close(o, r, rtol=2e-2, atol=1e-2 * scale, msg=lambda m, w=what: f"{w}: {m}")
         if exact:  # both rotate in fp32: only the norm's roundings to bf16 remain, and they must agree
             torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5, msg=lambda m, w=what: f"{w} exact: {m}")
-
-
-@pytest.fixture
-def bf16_rounds_to_nearest(monkeypatch):
-    """Triton 3.6's interpreter truncates fp32 -> bf16 casts, where GPUs round to nearest even; this
-    makes it round as the GPU (and torch) does, so the kernel's rounding steps can be checked."""
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    original = interpreter._convert_float
-
-    def convert(data, input_dtype, output_dtype, rounding_mode):
-        if input_dtype == tl.float32 and output_dtype == tl.bfloat16:
-            x = torch.from_numpy(np.ascontiguousarray(data).view(np.float32).copy())
-            return x.bfloat16().view(torch.int16).numpy().view(np.uint16)
-        return original(data, input_dtype, output_dtype, rounding_mode)
-
-    monkeypatch.setattr(interpreter, "_convert_float", convert)
 
 
 @needs_interpreter

@@ -27,6 +27,8 @@ from loris.kernels.rms_norm import MAX_FUSED_HIDDEN, _launch_config, _num_progra
 try:  # triton is CUDA-only; the reference path must keep working without it
     import triton
     import triton.language as tl
+
+    from loris.kernels.rms_norm import norm_row_grads
 except ImportError:  # pragma: no cover - exercised only on installs without triton
     triton = None
 
@@ -86,20 +88,12 @@ if triton is not None:
             dy = tl.load(DY + row64 * stride_dy + cols, mask=row_mask, other=0.0).to(tl.float32)
             s = tl.load(S + row64 * stride_s + cols, mask=row_mask, other=0.0).to(tl.float32)
             rstd = tl.load(RSTD + row64, mask=in_range, other=0.0)
-            normed = s * rstd
-            g = dy * w  # gradient w.r.t. the normalised activations
-            if CAST_BEFORE_WEIGHT:
-                # autograd rounds this gradient to the input dtype when it crosses the cast
-                g = g.to(S.dtype.element_ty).to(tl.float32)
-            dx = rstd * (g - normed * (tl.sum(g * normed, axis=0) / n_cols))
+            dx, dw_row = norm_row_grads(dy, s, rstd, w, n_cols, S, CAST_BEFORE_WEIGHT)
             if HAS_DS:  # the residual stream's own gradient, added in fp32 and rounded once
                 dx += tl.load(DS + row64 * stride_ds + cols, mask=row_mask, other=0.0).to(tl.float32)
             tl.store(DX + row64 * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=row_mask)
             if COMPUTE_DW:
-                if CAST_BEFORE_WEIGHT:
-                    dw += dy * normed.to(S.dtype.element_ty).to(tl.float32)
-                else:
-                    dw += dy * normed
+                dw += dw_row
         if COMPUTE_DW:
             tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
 

@@ -59,6 +59,20 @@ if triton is not None:
         tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def norm_row_grads(dy, x, rstd, w, n_cols, X, CAST_BEFORE_WEIGHT: tl.constexpr):
+        """One row's input gradient and weight-gradient share (fp32) of ``y = norm(x) * w``, with
+        ``w`` already offset for the Gemma order; ``X`` only names the dtype the reference rounds to."""
+        normed = x * rstd
+        g = dy * w  # gradient w.r.t. the normalised activations
+        if CAST_BEFORE_WEIGHT:
+            # autograd rounds this gradient to the input dtype when it crosses the cast
+            g = g.to(X.dtype.element_ty).to(tl.float32)
+        dx = rstd * (g - normed * (tl.sum(g * normed, axis=0) / n_cols))
+        if CAST_BEFORE_WEIGHT:
+            return dx, dy * normed.to(X.dtype.element_ty).to(tl.float32)
+        return dx, dy * normed
+
+    @triton.jit
     def _rms_norm_bwd_kernel(
         DY, X, W, RSTD, DX, DW_PART,
         stride_dy, stride_x, stride_dx, n_rows, n_cols, offset, rows_per_program,
@@ -79,18 +93,10 @@ if triton is not None:
             dy = tl.load(DY + row64 * stride_dy + cols, mask=row_mask, other=0.0).to(tl.float32)
             x = tl.load(X + row64 * stride_x + cols, mask=row_mask, other=0.0).to(tl.float32)
             rstd = tl.load(RSTD + row64, mask=in_range, other=0.0)
-            normed = x * rstd
-            g = dy * w  # gradient w.r.t. the normalised activations
-            if CAST_BEFORE_WEIGHT:
-                # autograd rounds this gradient to the input dtype when it crosses the cast
-                g = g.to(X.dtype.element_ty).to(tl.float32)
-            dx = rstd * (g - normed * (tl.sum(g * normed, axis=0) / n_cols))
+            dx, dw_row = norm_row_grads(dy, x, rstd, w, n_cols, X, CAST_BEFORE_WEIGHT)
             tl.store(DX + row64 * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=row_mask)
             if COMPUTE_DW:
-                if CAST_BEFORE_WEIGHT:
-                    dw += dy * normed.to(X.dtype.element_ty).to(tl.float32)
-                else:
-                    dw += dy * normed
+                dw += dw_row
         if COMPUTE_DW:
             tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
 
