@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from _common import ROOT, print_table, write_results  # noqa: E402
 
-OPS = ("rms_norm", "activations", "rope", "cross_entropy", "nf4")
+OPS = ("rms_norm", "add_rms_norm", "activations", "rope", "qk_norm_rope", "cross_entropy", "nf4")
 
 
 def run_gpu_tests() -> int:
