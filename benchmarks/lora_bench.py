@@ -236,6 +236,7 @@ def train(args) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     dev = torch.device("cuda")
     res["gpu"] = torch.cuda.get_device_name(0)
+    res["host_cpu"] = host_cpu()
     t1 = time.time()
     model = load_system(args.system, args.ckpt, setting["qlora"], setting["seq"], args.seed, res)
     model.train()
@@ -382,6 +383,16 @@ def warm_gpu(seconds: float) -> None:
     and without this the first system of a suite ran up to 15% slower than the same system later."""
     if seconds > 0:
         subprocess.run([sys.executable, "-c", WARM_GPU.format(seconds=seconds)], check=False)
+
+
+def host_cpu() -> str:
+    """The host's CPU model and core count: speeds differ between hosts of one GPU kind, and a step
+    near the host/GPU crossover follows the host."""
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else 'unknown'} x{os.cpu_count()}"
 
 
 def _run_system(args, setting: str, ckpt: Path, system: str) -> dict:
