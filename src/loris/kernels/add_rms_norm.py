@@ -22,13 +22,17 @@ from __future__ import annotations
 import torch
 
 from loris.kernels import use_triton
-from loris.kernels.rms_norm import MAX_FUSED_HIDDEN, _launch_config, _num_programs, rms_norm_reference
+from loris.kernels.rms_norm import (
+    MAX_FUSED_HIDDEN,
+    _launch_config,
+    rms_norm_backward,
+    rms_norm_reference,
+    rows,
+)
 
 try:  # triton is CUDA-only; the reference path must keep working without it
     import triton
     import triton.language as tl
-
-    from loris.kernels.rms_norm import norm_row_grads
 except ImportError:  # pragma: no cover - exercised only on installs without triton
     triton = None
 
@@ -66,50 +70,13 @@ if triton is not None:
             y = normed * (offset + w)
         tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
-    @triton.jit
-    def _add_rms_norm_bwd_kernel(
-        DS, DY, S, W, RSTD, DX, DW_PART,
-        stride_ds, stride_dy, stride_s, stride_dx, n_rows, n_cols, offset, rows_per_program,
-        HAS_DS: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr, COMPUTE_DW: tl.constexpr,
-        BLOCK: tl.constexpr,
-    ):  # fmt: skip
-        pid = tl.program_id(0)
-        cols = tl.arange(0, BLOCK)
-        mask = cols < n_cols
-        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-        if not CAST_BEFORE_WEIGHT:
-            w = w + offset
-        dw = tl.zeros([BLOCK], dtype=tl.float32)
-        row_start = pid.to(tl.int64) * rows_per_program
-        for i in range(0, rows_per_program):
-            row64 = row_start + i
-            in_range = row64 < n_rows  # the last program may run past the final row
-            row_mask = mask & in_range
-            dy = tl.load(DY + row64 * stride_dy + cols, mask=row_mask, other=0.0).to(tl.float32)
-            s = tl.load(S + row64 * stride_s + cols, mask=row_mask, other=0.0).to(tl.float32)
-            rstd = tl.load(RSTD + row64, mask=in_range, other=0.0)
-            dx, dw_row = norm_row_grads(dy, s, rstd, w, n_cols, S, CAST_BEFORE_WEIGHT)
-            if HAS_DS:  # the residual stream's own gradient, added in fp32 and rounded once
-                dx += tl.load(DS + row64 * stride_ds + cols, mask=row_mask, other=0.0).to(tl.float32)
-            tl.store(DX + row64 * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=row_mask)
-            if COMPUTE_DW:
-                dw += dw_row
-        if COMPUTE_DW:
-            tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as (rows, hidden) with a unit column stride (rows may stay spaced apart)."""
-    t2 = t.reshape(-1, t.shape[-1])
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
-
 
 class AddRMSNormFunction(torch.autograd.Function):
     """Fused residual add + RMSNorm; saves ``s``, the weight and one fp32 ``rstd`` per row."""
 
     @staticmethod
     def forward(ctx, x, h, weight, eps: float, offset: float):
-        x2, h2 = _rows(x), _rows(h)
+        x2, h2 = rows(x), rows(h)
         n_rows, n_cols = x2.shape
         cast_before = offset == 0.0
         out_dtype = torch.promote_types(weight.dtype, x.dtype) if cast_before else x.dtype
@@ -134,28 +101,16 @@ class AddRMSNormFunction(torch.autograd.Function):
         s, weight, rstd = ctx.saved_tensors
         if dy is None:  # y unused: s's gradient passes straight to x and h, as through x + h
             return ds, ds, None, None, None
-        s2, dy2 = s.view(-1, s.shape[-1]), _rows(dy)
-        ds2 = _rows(ds) if ds is not None else dy2  # stand-in pointer, never read without HAS_DS
-        n_rows, n_cols = s2.shape
-        compute_dw = ctx.needs_input_grad[2]
-        dx = torch.empty_like(s)
-        dx2 = dx.view(-1, n_cols)
-        n_prog = _num_programs(n_rows, s.device)
-        rows_per_program = triton.cdiv(max(n_rows, 1), n_prog)
-        n_prog = triton.cdiv(max(n_rows, 1), rows_per_program)
-        dw_part = torch.empty((n_prog, n_cols) if compute_dw else (1,), dtype=torch.float32, device=s.device)
-        block, num_warps = _launch_config(n_cols)
-        if n_rows > 0:
-            _add_rms_norm_bwd_kernel[(n_prog,)](
-                ds2, dy2, s2, weight, rstd, dx2, dw_part,
-                ds2.stride(0), dy2.stride(0), s2.stride(0), dx2.stride(0),
-                n_rows, n_cols, ctx.offset, rows_per_program,
-                HAS_DS=ds is not None, CAST_BEFORE_WEIGHT=ctx.offset == 0.0, COMPUTE_DW=compute_dw,
-                BLOCK=block, num_warps=num_warps,
-            )  # fmt: skip
-        dw = None
-        if compute_dw:
-            dw = dw_part.sum(0).to(weight.dtype) if n_rows > 0 else torch.zeros_like(weight)
+        dx, dw = rms_norm_backward(
+            rows(dy),
+            s.view(-1, s.shape[-1]),
+            weight,
+            rstd,
+            ctx.offset,
+            ctx.needs_input_grad[2],
+            residual_grad=rows(ds) if ds is not None else None,
+        )
+        dx = dx.view(s.shape)
         return dx, dx, dw, None, None  # d(x + h)/dx = d(x + h)/dh: one tensor serves both
 
 

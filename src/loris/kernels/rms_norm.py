@@ -59,25 +59,14 @@ if triton is not None:
         tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def norm_row_grads(dy, x, rstd, w, n_cols, X, CAST_BEFORE_WEIGHT: tl.constexpr):
-        """One row's input gradient and weight-gradient share (fp32) of ``y = norm(x) * w``, with
-        ``w`` already offset for the Gemma order; ``X`` only names the dtype the reference rounds to."""
-        normed = x * rstd
-        g = dy * w  # gradient w.r.t. the normalised activations
-        if CAST_BEFORE_WEIGHT:
-            # autograd rounds this gradient to the input dtype when it crosses the cast
-            g = g.to(X.dtype.element_ty).to(tl.float32)
-        dx = rstd * (g - normed * (tl.sum(g * normed, axis=0) / n_cols))
-        if CAST_BEFORE_WEIGHT:
-            return dx, dy * normed.to(X.dtype.element_ty).to(tl.float32)
-        return dx, dy * normed
-
-    @triton.jit
     def _rms_norm_bwd_kernel(
-        DY, X, W, RSTD, DX, DW_PART,
-        stride_dy, stride_x, stride_dx, n_rows, n_cols, offset, rows_per_program,
-        CAST_BEFORE_WEIGHT: tl.constexpr, COMPUTE_DW: tl.constexpr, BLOCK: tl.constexpr,
+        DY, X, W, RSTD, DX, DW_PART, DRES,
+        stride_dy, stride_x, stride_dx, stride_dres, n_rows, n_cols, offset, rows_per_program,
+        CAST_BEFORE_WEIGHT: tl.constexpr, COMPUTE_DW: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):  # fmt: skip
+        """d x of the norm; with ``HAS_RESIDUAL`` plus another gradient of x (``DRES``, the residual
+        stream's, for `loris.kernels.add_rms_norm`), added in fp32 and rounded once."""
         pid = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
@@ -93,10 +82,20 @@ if triton is not None:
             dy = tl.load(DY + row64 * stride_dy + cols, mask=row_mask, other=0.0).to(tl.float32)
             x = tl.load(X + row64 * stride_x + cols, mask=row_mask, other=0.0).to(tl.float32)
             rstd = tl.load(RSTD + row64, mask=in_range, other=0.0)
-            dx, dw_row = norm_row_grads(dy, x, rstd, w, n_cols, X, CAST_BEFORE_WEIGHT)
+            normed = x * rstd
+            g = dy * w  # gradient w.r.t. the normalised activations
+            if CAST_BEFORE_WEIGHT:
+                # autograd rounds this gradient to the input dtype when it crosses the cast
+                g = g.to(X.dtype.element_ty).to(tl.float32)
+            dx = rstd * (g - normed * (tl.sum(g * normed, axis=0) / n_cols))
+            if HAS_RESIDUAL:
+                dx += tl.load(DRES + row64 * stride_dres + cols, mask=row_mask, other=0.0).to(tl.float32)
             tl.store(DX + row64 * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=row_mask)
             if COMPUTE_DW:
-                dw += dw_row
+                if CAST_BEFORE_WEIGHT:
+                    dw += dy * normed.to(X.dtype.element_ty).to(tl.float32)
+                else:
+                    dw += dy * normed
         if COMPUTE_DW:
             tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
 
@@ -116,17 +115,52 @@ def _num_programs(n_rows: int, device: torch.device) -> int:
     return max(1, min(n_rows, target))
 
 
+def rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as (rows, hidden) with a unit column stride (rows may stay spaced apart)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def rms_norm_backward(
+    dy2: torch.Tensor,
+    x2: torch.Tensor,
+    weight: torch.Tensor,
+    rstd: torch.Tensor,
+    offset: float,
+    compute_dw: bool,
+    residual_grad: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(d x, d weight) of the norm for (rows, hidden) ``dy2`` and ``x2``; ``residual_grad``, another
+    gradient of x, is added in the same pass (the fused residual add's backward)."""
+    n_rows, n_cols = x2.shape
+    dx = torch.empty((n_rows, n_cols), dtype=x2.dtype, device=x2.device)
+    n_prog = _num_programs(n_rows, x2.device)
+    rows_per_program = triton.cdiv(max(n_rows, 1), n_prog)
+    n_prog = triton.cdiv(max(n_rows, 1), rows_per_program)
+    dw_part = torch.empty((n_prog, n_cols) if compute_dw else (1,), dtype=torch.float32, device=x2.device)
+    dres = residual_grad if residual_grad is not None else dy2  # stand-in pointer, never read
+    block, num_warps = _launch_config(n_cols)
+    if n_rows > 0:
+        _rms_norm_bwd_kernel[(n_prog,)](
+            dy2, x2, weight, rstd, dx, dw_part, dres,
+            dy2.stride(0), x2.stride(0), dx.stride(0), dres.stride(0), n_rows, n_cols, offset, rows_per_program,
+            CAST_BEFORE_WEIGHT=offset == 0.0, COMPUTE_DW=compute_dw, HAS_RESIDUAL=residual_grad is not None,
+            BLOCK=block, num_warps=num_warps,
+        )  # fmt: skip
+    dw = None
+    if compute_dw:
+        dw = dw_part.sum(0).to(weight.dtype) if n_rows > 0 else torch.zeros_like(weight)
+    return dx, dw
+
+
 class RMSNormFunction(torch.autograd.Function):
     """Fused RMSNorm; saves x, weight and one fp32 ``rstd`` per row."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -> torch.Tensor:
         shape = x.shape
-        n_cols = shape[-1]
-        x2 = x.reshape(-1, n_cols)
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
-        n_rows = x2.shape[0]
+        x2 = rows(x)
+        n_rows, n_cols = x2.shape
         cast_before = offset == 0.0
         out_dtype = torch.promote_types(weight.dtype, x.dtype) if cast_before else x.dtype
         y = torch.empty((n_rows, n_cols), dtype=out_dtype, device=x.device)
@@ -145,26 +179,7 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x2, weight, rstd = ctx.saved_tensors
-        n_rows, n_cols = x2.shape
-        dy2 = dy.reshape(-1, n_cols)
-        if dy2.stride(-1) != 1:
-            dy2 = dy2.contiguous()
-        compute_dw = ctx.needs_input_grad[1]
-        dx = torch.empty_like(x2)
-        n_prog = _num_programs(n_rows, x2.device)
-        rows_per_program = triton.cdiv(max(n_rows, 1), n_prog)
-        n_prog = triton.cdiv(max(n_rows, 1), rows_per_program)
-        dw_part = torch.empty((n_prog, n_cols) if compute_dw else (1,), dtype=torch.float32, device=x2.device)
-        block, num_warps = _launch_config(n_cols)
-        if n_rows > 0:
-            _rms_norm_bwd_kernel[(n_prog,)](
-                dy2, x2, weight, rstd, dx, dw_part,
-                dy2.stride(0), x2.stride(0), dx.stride(0), n_rows, n_cols, ctx.offset, rows_per_program,
-                CAST_BEFORE_WEIGHT=ctx.offset == 0.0, COMPUTE_DW=compute_dw, BLOCK=block, num_warps=num_warps,
-            )  # fmt: skip
-        dw = None
-        if compute_dw:
-            dw = dw_part.sum(0).to(weight.dtype) if n_rows > 0 else torch.zeros_like(weight)
+        dx, dw = rms_norm_backward(rows(dy), x2, weight, rstd, ctx.offset, ctx.needs_input_grad[1])
         return dx.view(ctx.shape), dw, None, None
 
 
