@@ -45,6 +45,12 @@ def qk_norm_rope_reference(
 if triton is not None:
 
     @triton.jit
+    def _halves(row, j, mask, HALF: tl.constexpr):
+        """The first and second half of head rows (offsets ``j`` within a half) as fp32."""
+        first = tl.load(row + j, mask=mask, other=0.0).to(tl.float32)
+        return first, tl.load(row + HALF + j, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _fwd_heads(
         X, W, O, RSTD, sxb, sxl, sxh, b, pos, row, n_heads, eps, offset, c1, c2, s1, s2,
         CAST_BEFORE_WEIGHT: tl.constexpr, ROUND: tl.constexpr, HALF: tl.constexpr,
@@ -56,10 +62,8 @@ if triton is not None:
         j = tl.arange(0, BLOCK_HALF)[None, :]
         mask = (h < n_heads) & (j < HALF)
         x_row = X + b * sxb + pos * sxl + h * sxh
-        x1 = tl.load(x_row + j, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(x_row + HALF + j, mask=mask, other=0.0).to(tl.float32)
-        w1 = tl.load(W + j, mask=j < HALF, other=0.0).to(tl.float32)
-        w2 = tl.load(W + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
+        x1, x2 = _halves(x_row, j, mask, HALF)
+        w1, w2 = _halves(W, j, j < HALF, HALF)
         rstd = tl.math.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * HALF) + eps)
         tl.store(RSTD + row * n_heads + hv, rstd, mask=hv < n_heads)
         n1 = x1 * rstd[:, None]
@@ -89,15 +93,13 @@ if triton is not None:
         j = tl.arange(0, BLOCK_HALF)[None, :]
         mask = (h < n_heads) & (j < HALF)
         g_row = G + b * sgb + pos * sgl + h * sgh
-        g1 = tl.load(g_row + j, mask=mask, other=0.0).to(tl.float32)
-        g2 = tl.load(g_row + HALF + j, mask=mask, other=0.0).to(tl.float32)
+        g1, g2 = _halves(g_row, j, mask, HALF)
         gy1 = g1 * c1 + g2 * s2  # transpose of [[c1, -s1], [s2, c2]]
         gy2 = g2 * c2 - g1 * s1
         if ROUND:  # autograd hands the norm its output gradient in the norm's output dtype
             gy1 = gy1.to(X.dtype.element_ty).to(tl.float32)
             gy2 = gy2.to(X.dtype.element_ty).to(tl.float32)
-        w1 = tl.load(W + j, mask=j < HALF, other=0.0).to(tl.float32)
-        w2 = tl.load(W + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
+        w1, w2 = _halves(W, j, j < HALF, HALF)
         if CAST_BEFORE_WEIGHT:  # the gradient crosses the cast to the input dtype
             gy1 = (gy1 * w1).to(X.dtype.element_ty).to(tl.float32)
             gy2 = (gy2 * w2).to(X.dtype.element_ty).to(tl.float32)
@@ -106,8 +108,8 @@ if triton is not None:
             gy2 = gy2 * (offset + w2)
         x_row = X + b * sxb + pos * sxl + h * sxh
         rstd = tl.load(RSTD + row * n_heads + hv, mask=hv < n_heads, other=0.0)[:, None]
-        n1 = tl.load(x_row + j, mask=mask, other=0.0).to(tl.float32) * rstd
-        n2 = tl.load(x_row + HALF + j, mask=mask, other=0.0).to(tl.float32) * rstd
+        x1, x2 = _halves(x_row, j, mask, HALF)
+        n1, n2 = x1 * rstd, x2 * rstd
         dot = (tl.sum(gy1 * n1, axis=1) + tl.sum(gy2 * n2, axis=1))[:, None] / (2 * HALF)
         dx_row = DX + (row * n_heads + h) * (2 * HALF)
         tl.store(dx_row + j, (rstd * (gy1 - n1 * dot)).to(DX.dtype.element_ty), mask=mask)
