@@ -182,7 +182,7 @@ def load_system(system: str, ckpt: str, qlora: bool, seq: int, seed: int, res: d
         model, _ = FastLanguageModel.from_pretrained(
             ckpt, max_seq_length=seq, dtype=torch.bfloat16, load_in_4bit=qlora
         )
-        mode = "offload" if system.endswith("offload") else True
+        mode = "offload" if system.endswith("offload") else "auto" if system.endswith("auto") else True
         model = FastLanguageModel.get_peft_model(
             model,
             r=16,

@@ -40,3 +40,12 @@ def test_offload_matches_plain_checkpointing(saved_family, passes):
     loss_o, grads_o = _grads(folder, "offload", passes)
     assert loss_o == pytest.approx(loss_p, rel=1e-6)
     assert ((grads_o - grads_p).norm() / grads_p.norm()).item() < 1e-5
+
+
+def test_auto_matches_plain_checkpointing_and_keeps_blocks_on_cuda(saved_family):
+    """On a card with room, the throughput mode keeps every block after the first step (no recompute)."""
+    _, folder = saved_family("llama")
+    loss_p, grads_p = _grads(folder, True, [1, 1, 1])
+    loss_a, grads_a = _grads(folder, "auto", [1, 1, 1])
+    assert loss_a == pytest.approx(loss_p, rel=1e-6)
+    assert ((grads_a - grads_p).norm() / grads_p.norm()).item() < 1e-5

@@ -151,7 +151,9 @@ class FastLanguageModel:
     ) -> LorisForCausalLM:
         """Add LoRA adapters to the projection slots (Unsloth's arguments and defaults).
 
-        ``use_gradient_checkpointing``: True (per-block recompute), False, or "offload" (alias "unsloth":
+        ``use_gradient_checkpointing``: True (per-block recompute), False, "auto" (throughput mode: blocks
+        keep their activations as far as the first step's free memory allows, the rest recompute), or
+        "offload" (alias "unsloth":
         each block's input waits in pinned CPU memory until backward).
         """
         from loris.checkpointing import make_checkpoint_fn

@@ -137,7 +137,7 @@ class LoraSection:
         _check(
             self.use_gradient_checkpointing in MODES,
             "lora.use_gradient_checkpointing",
-            f'{self.use_gradient_checkpointing!r}: use true, false or "offload".',
+            f'{self.use_gradient_checkpointing!r}: use true, false, "offload" or "auto".',
         )
         try:  # the adapter's own validation, with this section's key names
             LoraConfig(**{k: v for k, v in self.to_kwargs().items() if k != "use_gradient_checkpointing"})
