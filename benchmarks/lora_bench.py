@@ -282,6 +282,9 @@ def train(args) -> dict:
     res["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / GiB, 3)
     res["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / GiB, 3)
     res["losses"] = [round(float(x), 4) for x in losses]
+    plan = getattr(getattr(model, "gradient_checkpointing", None), "plan", None)
+    if plan is not None:  # loris' "auto" mode: how many blocks kept their activations
+        res["blocks_kept"] = plan.kept
     res["versions"] = versions()
     return res
 
