@@ -3,6 +3,11 @@
 Weights are stored exactly as bitsandbytes (and so transformers) store them, so quantized checkpoints
 load without re-quantizing. The matmul dequantizes on the fly; its backward dequantizes again rather
 than keeping a 16-bit copy of every weight alive for the whole step.
+
+Where the weight lives decides who does the NF4 math: on CUDA bitsandbytes quantizes and loris'
+Triton kernel dequantizes; everywhere else loris' own torch code (``loris.kernels.nf4``) does both,
+byte-for-byte in bitsandbytes' layout, so results never depend on the host CPU's instruction set
+(bitsandbytes' CPU dequantize is wrong for some shapes on AVX-512 bf16 hosts).
 """
 
 from __future__ import annotations
@@ -13,9 +18,15 @@ import torch
 from torch import nn
 
 from loris.kernels import use_triton
-from loris.kernels.nf4 import dequantize_nf4_triton
+from loris.kernels.nf4 import (
+    dequantize_nf4_reference,
+    dequantize_nf4_triton,
+    pack_nibbles,
+    quantize_blockwise_reference,
+)
 
 NF4_BLOCKSIZE = 64
+NESTED_BLOCKSIZE = 256  # bitsandbytes' block size for the 8-bit quantization of the NF4 scales
 
 
 def _bnb():
@@ -24,6 +35,38 @@ def _bnb():
     except ImportError as e:  # pragma: no cover - it is a dependency
         raise ImportError("4-bit and 8-bit loading need bitsandbytes: pip install bitsandbytes") from e
     return bnb
+
+
+def quantize_nf4(weight: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, Any]:
+    """NF4 with double-quantized scales: (packed uint8 codes, bitsandbytes ``QuantState``).
+
+    bitsandbytes on CUDA; loris' torch reference elsewhere, which writes the same bytes (tested
+    against bitsandbytes as the layout oracle) without bitsandbytes' host-dependent CPU kernels.
+    """
+    F = _bnb().functional
+    weight = weight.contiguous()
+    if weight.is_cuda:
+        return F.quantize_4bit(
+            weight, blocksize=blocksize, compress_statistics=True, quant_type="nf4", quant_storage=torch.uint8
+        )
+    code = F.get_4bit_type("nf4", device=weight.device)
+    codes, absmax = quantize_blockwise_reference(weight, code, blocksize)
+    packed = pack_nibbles(codes, pad_code=int(code.abs().argmin()))
+    offset = absmax.mean()
+    code2 = F.create_dynamic_map().to(weight.device)
+    q_absmax, absmax2 = quantize_blockwise_reference(absmax - offset, code2, NESTED_BLOCKSIZE)
+    state2 = F.QuantState(absmax=absmax2, code=code2, blocksize=NESTED_BLOCKSIZE, dtype=torch.float32)
+    state = F.QuantState(
+        absmax=q_absmax.to(torch.uint8),
+        shape=weight.shape,
+        code=code,
+        blocksize=blocksize,
+        quant_type="nf4",
+        dtype=weight.dtype,
+        offset=offset,
+        state2=state2,
+    )
+    return packed, state
 
 
 class _DequantMatmul(torch.autograd.Function):
@@ -75,14 +118,7 @@ class Linear4bit(QuantizedLinear):
     def from_float(
         cls, weight: torch.Tensor, bias: torch.Tensor | None = None, blocksize: int = NF4_BLOCKSIZE
     ) -> Linear4bit:
-        F4 = _bnb().functional
-        packed, state = F4.quantize_4bit(
-            weight.contiguous(),
-            blocksize=blocksize,
-            compress_statistics=True,
-            quant_type="nf4",
-            quant_storage=torch.uint8,
-        )
+        packed, state = quantize_nf4(weight, blocksize)
         return cls(packed, state, bias)
 
     @classmethod
@@ -96,8 +132,11 @@ class Linear4bit(QuantizedLinear):
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         # On CUDA loris' Triton kernel, straight into ``dtype``: 1.4-1.5x bitsandbytes' own on
         # Llama-3.1-8B projections (H200, benchmarks/kernels/nf4.py).
+        # Off CUDA, loris' reference: bitsandbytes' CPU kernels depend on the host (module docstring).
         if use_triton(self.weight):
             return dequantize_nf4_triton(self.weight, self.quant_state, dtype)
+        if not self.weight.is_cuda:
+            return dequantize_nf4_reference(self.weight, self.quant_state, dtype)
         w = _bnb().functional.dequantize_4bit(self.weight, self.quant_state)
         return w if dtype is None or w.dtype == dtype else w.to(dtype)
 
@@ -163,4 +202,11 @@ def linear_weight_bytes(module: nn.Module) -> int:
     return total
 
 
-__all__ = ["Linear4bit", "Linear8bit", "QuantizedLinear", "quantized_linear", "linear_weight_bytes"]
+__all__ = [
+    "quantize_nf4",
+    "Linear4bit",
+    "Linear8bit",
+    "QuantizedLinear",
+    "quantized_linear",
+    "linear_weight_bytes",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import nf4_oracle
 from loris import FastLanguageModel
 from loris.quant import Linear4bit, Linear8bit, linear_weight_bytes
 from tiny_models import VOCAB
@@ -40,7 +41,9 @@ def test_nf4_logits_close_to_16bit_and_quarter_memory(saved_family):
     assert 0.24 <= ratio <= 0.30
 
 
-def test_nf4_dequantizes_like_bitsandbytes(saved_family):
+def test_nf4_dequantizes_close_to_the_original_weight(saved_family):
+    """A 64x96 projection: its 64-element blocks straddle rows, where bitsandbytes' AVX-512 CPU
+    dequantize goes wrong (relative error 0.24); loris' own CPU path must stay at NF4's error."""
     hf, folder = saved_family("llama")
     nf4 = _load(folder, dtype=torch.float32, load_in_4bit=True)
     w = hf.model.layers[1].mlp.down_proj.weight.detach()
@@ -80,6 +83,9 @@ def test_transformers_bnb_checkpoint_loads_without_requantizing(saved_family, tm
     ours = _load(tmp_path, dtype=torch.float32, load_in_4bit=True)
     packed_hf = hf4.model.layers[0].self_attn.q_proj.weight.data
     assert torch.equal(ours.layers[0].self_attn.q_proj.weight, packed_hf)  # bytes kept as saved
+    # transformers' forward with its 4-bit weights decoded by the test's oracle: bitsandbytes' CPU
+    # matmul is host-dependent (fails on AVX-512 bf16 hosts for these shapes)
+    nf4_oracle.decode_4bit_linears(hf4)
     with torch.no_grad():
         ref, got = hf4(_ids()).logits, ours(_ids()).logits
     assert (got - ref).abs().max().item() <= 1e-4

@@ -1,4 +1,4 @@
-"""Dequantize bitsandbytes NF4 weights, including double-quantized ("nested") block scales.
+"""Quantize and dequantize bitsandbytes NF4 weights, including double-quantized ("nested") block scales.
 
 Layout (bitsandbytes ``quantize_4bit(..., quant_type="nf4")``): two 4-bit codes per byte, the high
 nibble first; element ``i`` is ``code[nibble_i] * absmax[i // blocksize]``. With
@@ -7,6 +7,12 @@ dynamic map (``state2.code``) with one fp32 scale per ``state2.blocksize`` (256)
 scalar ``offset`` (the mean that was subtracted before that second quantization):
 ``absmax[b] = state2.code[q[b]] * state2.absmax[b // 256] + offset``. All math is fp32 and the result
 is cast once, as bitsandbytes does.
+
+Quantizing is the inverse: per block, ``absmax`` is the largest magnitude, each element divided by it
+(multiplied by its fp32 reciprocal, as bitsandbytes does) goes to the nearest code (ties to the lower
+one), an odd element count is padded with the code of 0.0. The references below are the CPU path of
+``loris.quant``: bitsandbytes' own CPU kernels depend on the host's instruction set (with AVX-512 bf16
+its dequantize assumes blocks never straddle a row, and is wrong when they do).
 
 The quant state is read by attribute (``absmax``, ``code``, ``blocksize``, ``state2``, ``offset``,
 ``dtype``, ``shape``), so this module needs no bitsandbytes import. The Triton kernel gives each
@@ -45,6 +51,37 @@ def block_absmax_reference(quant_state: Any) -> torch.Tensor:
     scales2 = state2.absmax.float().repeat_interleave(state2.blocksize)[:n]
     decoded = state2.code.float()[absmax.reshape(-1).long()] * scales2
     return decoded + quant_state.offset.float()
+
+
+def quantize_blockwise_reference(
+    x: torch.Tensor, code: torch.Tensor, blocksize: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmax blockwise quantization of ``x`` (flattened) onto a sorted ``code`` in [-1, 1].
+
+    Returns (int64 code indices, one per element, and fp32 absmax, one per block; the last block may
+    be short). This is bitsandbytes' NF4 (``code`` = its 16 NF4 values, ``blocksize`` 64) and its
+    8-bit dynamic blockwise quantization of the block scales (``code`` = the 256-entry dynamic map).
+    """
+    flat = x.reshape(-1).float()
+    n = flat.numel()
+    n_blocks = -(-n // blocksize)
+    blocks = torch.nn.functional.pad(flat, (0, n_blocks * blocksize - n)).view(n_blocks, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    inverse = 1.0 / absmax.clamp(min=1e-38)
+    scaled = (blocks * inverse[:, None]).clamp(-1, 1).reshape(-1)[:n]
+    code = code.to(device=flat.device, dtype=torch.float32)
+    bounds = (code[:-1] + code[1:]) / 2
+    return torch.bucketize(scaled, bounds), absmax
+
+
+def pack_nibbles(codes: torch.Tensor, pad_code: int) -> torch.Tensor:
+    """4-bit code indices -> bytes, high nibble first, as an ``(n_bytes, 1)`` uint8 column (the shape
+    bitsandbytes stores); an odd count is padded with ``pad_code``."""
+    flat = codes.reshape(-1)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_full((1,), pad_code)])
+    q = flat.to(torch.uint8)
+    return ((q[0::2] << 4) | q[1::2]).unsqueeze(1)
 
 
 def _check_nf4(quant_state: Any) -> None:
