@@ -12,12 +12,14 @@ import json
 import math
 import os
 import re
-import tempfile
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from loris.file_modes import as_if_created_tree
 from loris.lora import LoraConfig, LoraLinear, lora_modules
 from loris.models.families import NameMapper, Split
 
@@ -116,15 +118,19 @@ def save_adapter(model, save_directory: str | os.PathLike) -> Path:
     out = Path(save_directory)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors, extra = adapter_state_dict(model)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(peft_config_dict(model, extra), indent=2))
-    if out.exists():
-        for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-            os.replace(tmp / f, out / f)
-        tmp.rmdir()
-    else:
-        os.replace(tmp, out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(peft_config_dict(model, extra), indent=2))
+        as_if_created_tree(tmp)  # safetensors writes 0o600; give what a plain open() would
+        if out.exists():
+            for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+                os.replace(tmp / f, out / f)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
+import uuid
 from pathlib import Path
+
+from loris.file_modes import as_if_created_tree
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +82,10 @@ def _gguf_tokenizer(gguf_file: Path):
     _special_tokens_from_gguf(tok, gguf_file)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache.parent))
+        tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
         tok.save_pretrained(str(tmp))
+        as_if_created_tree(tmp)  # what a plain open()/mkdir() gives, whatever the writers did
         os.replace(tmp, cache)
     except OSError as e:  # a read-only home is no reason to fail
         logger.debug("could not cache the GGUF tokenizer: %s", e)

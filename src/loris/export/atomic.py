@@ -1,4 +1,8 @@
-"""Write-then-rename helpers so an interrupted export never leaves a half-written model in place."""
+"""Write-then-rename helpers so an interrupted export never leaves a half-written model in place.
+
+What is renamed into place has the mode a plain ``mkdir()`` / ``open()`` would give
+(`loris.file_modes`: tempfile and safetensors write owner-only, and a rename keeps the mode).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,16 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from loris.file_modes import as_if_created, as_if_created_tree
+
 
 @contextlib.contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
-    """A fresh temp folder beside ``out`` (same filesystem, so renames are atomic); removed on error."""
+    """A fresh temp folder beside ``out`` (same filesystem, so renames are atomic); removed on error.
+
+    It has the mode a plain ``mkdir`` would give, so the published folder does too."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = as_if_created(Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-")))
     try:
         yield tmp
     finally:
@@ -29,6 +37,7 @@ def publish_dir(tmp: Path, out: Path, stale: Iterable[str] = ()) -> Path:
     matching the ``stale`` globs (old shards that a new index no longer names) and gets each new
     file by an atomic per-file rename.
     """
+    as_if_created_tree(tmp)
     if not out.exists():
         os.replace(tmp, out)
         return out
@@ -52,8 +61,9 @@ def publish_dir(tmp: Path, out: Path, stale: Iterable[str] = ()) -> Path:
 
 
 def temp_file_for(path: Path) -> Path:
-    """A temp name beside ``path`` to write to and then `os.replace` into place."""
+    """A temp name beside ``path`` to write to and then `os.replace` into place (with the mode a plain
+    ``open()`` would give, which the rename keeps)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    return Path(name)
+    return as_if_created(Path(name))

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from loris.file_modes import as_if_created_tree
+
 WEIGHTS = "trainable.safetensors"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -77,6 +79,7 @@ def save_checkpoint(
     torch.save(rng_state(), tmp / "rng_state.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
     (tmp / "training_config.yaml").write_text(config_yaml)
+    as_if_created_tree(tmp)  # safetensors writes 0o600; give what a plain open() would
     if folder.exists():  # re-saving a step (after a resume): swap, then drop the old one
         old = folder.with_name(".old-" + folder.name)
         folder.rename(old)
