@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import loris
-import loris.api
+import loris.face.loader
 from loris import FastLanguageModel, FastModel
 from loris.models.config import ModelConfig, RopeConfig
 from loris.models.rope import rope_cos_sin
@@ -30,7 +30,7 @@ def _load(folder, **kw):
 
 
 def test_vllm_and_loader_settings_are_accepted_with_one_note(saved_family, caplog, monkeypatch):
-    monkeypatch.setattr(loris.api, "_engine_note_given", False)
+    monkeypatch.setattr(loris.face.loader, "_engine_note_given", False)
     _, folder = saved_family("llama")
     notebook = dict(  # Qwen2.5 GRPO's loader call, plus the other accepted settings
         max_seq_length=64,
@@ -43,7 +43,7 @@ def test_vllm_and_loader_settings_are_accepted_with_one_note(saved_family, caplo
         use_exact_model_name=True,
         disable_log_stats=True,
     )
-    with caplog.at_level(logging.WARNING, logger="loris.api"):
+    with caplog.at_level(logging.WARNING, logger="loris.face.loader"):
         model, tok = FastLanguageModel.from_pretrained(str(folder), dtype=torch.float32, **notebook)
         _load(folder, fast_inference=True, gpu_memory_utilization=0.5)
     notes = [r.getMessage() for r in caplog.records if "in-process engine" in r.getMessage()]
@@ -68,7 +68,7 @@ def test_max_seq_length_beyond_context_scales_rope_linearly(saved_family, caplog
     from transformers import AutoConfig, AutoModelForCausalLM
 
     _, folder = saved_family("llama")
-    with caplog.at_level(logging.WARNING, logger="loris.api"):
+    with caplog.at_level(logging.WARNING, logger="loris.face.loader"):
         model, _ = _load(folder, max_seq_length=256)
     assert any("scaled linearly by 2" in r.getMessage() for r in caplog.records)
     cfg = model.config
@@ -113,7 +113,7 @@ def test_gemma3_stretches_its_global_rope_only(saved_family):
 
 
 def test_other_rope_scalings_are_kept_with_a_warning(saved_family, caplog):
-    with caplog.at_level(logging.WARNING, logger="loris.api"):
+    with caplog.at_level(logging.WARNING, logger="loris.face.loader"):
         model, _ = _load(saved_family("llama3.2")[1], max_seq_length=256)
     assert model.config.rope.rope_type == "llama3" and model.config.max_position_embeddings == 128
     assert any("'llama3' scaling, which is kept" in r.getMessage() for r in caplog.records)
@@ -367,7 +367,7 @@ def test_quantization_type_is_the_gemma_notebooks_spelling(monkeypatch, tmp_path
     import types
 
     import loris.export.gguf as gguf_mod
-    from loris.models.decoder import LorisForCausalLM
+    from loris.face.model import LorisModel
 
     seen = []
     monkeypatch.setattr(
@@ -376,11 +376,11 @@ def test_quantization_type_is_the_gemma_notebooks_spelling(monkeypatch, tmp_path
         lambda model, d, tok, quantization_method, **kw: seen.append(quantization_method),
     )
     dummy = types.SimpleNamespace(tokenizer=None)
-    LorisForCausalLM.save_pretrained_gguf(dummy, tmp_path, quantization_type="Q8_0")
-    LorisForCausalLM.save_pretrained_gguf(dummy, tmp_path, quantization_method="q4_k_m")
+    LorisModel.save_pretrained_gguf(dummy, tmp_path, quantization_type="Q8_0")
+    LorisModel.save_pretrained_gguf(dummy, tmp_path, quantization_method="q4_k_m")
     assert seen == ["Q8_0", "q4_k_m"]
     with pytest.raises(ValueError, match="disagree"):
-        LorisForCausalLM.save_pretrained_gguf(
+        LorisModel.save_pretrained_gguf(
             dummy, tmp_path, quantization_method="q4_k_m", quantization_type="Q8_0"
         )
 

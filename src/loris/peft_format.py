@@ -22,6 +22,7 @@ import torch
 from loris.file_modes import as_if_created_tree
 from loris.lora import LoraConfig, LoraLinear, lora_modules
 from loris.models.families import NameMapper, Split
+from loris.models.state import model_state
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -43,7 +44,7 @@ def _hf_module(mapper: NameMapper, loris_module: str) -> str:
 
 def adapter_state_dict(model) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """PEFT-named tensors and the extra config entries (rank/alpha patterns, target modules)."""
-    cfg: LoraConfig = model.peft_config
+    cfg: LoraConfig = model_state(model).peft_config
     mapper = NameMapper(model.config)
     loras = dict(lora_modules(model))
     tensors: dict[str, torch.Tensor] = {}
@@ -87,11 +88,12 @@ def adapter_state_dict(model) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def peft_config_dict(model, extra: dict[str, Any]) -> dict[str, Any]:
-    cfg: LoraConfig = model.peft_config
+    state = model_state(model)
+    cfg: LoraConfig = state.peft_config
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": getattr(model, "name_or_path", None),
+        "base_model_name_or_path": state.name_or_path,
         "r": cfg.r,
         "lora_alpha": cfg.lora_alpha,
         "lora_dropout": cfg.lora_dropout,
@@ -113,7 +115,7 @@ def save_adapter(model, save_directory: str | os.PathLike) -> Path:
     """Write the adapter atomically (temp folder, then rename into place)."""
     from safetensors.torch import save_file
 
-    if getattr(model, "peft_config", None) is None:
+    if model_state(model).peft_config is None:
         raise ValueError("this model has no LoRA adapter: call FastLanguageModel.get_peft_model first")
     out = Path(save_directory)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,9 +178,9 @@ def lora_config_from_peft(cfg: dict[str, Any]) -> LoraConfig:
 
 def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / ADAPTER_WEIGHTS).exists():
-        from safetensors.torch import load_file
+        from loris.models.weights_file import load_safetensors
 
-        return load_file(str(folder / ADAPTER_WEIGHTS))
+        return load_safetensors(folder / ADAPTER_WEIGHTS)
     if (folder / "adapter_model.bin").exists():
         return torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{folder} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS} (or adapter_model.bin)")

@@ -286,6 +286,24 @@ def test_merged_copies_and_model_copies_keep_no_steps(saved_family):
     assert _only_step(clone).model is clone
 
 
+def test_kept_steps_live_in_the_engine_and_die_with_their_model(saved_family):
+    """The engine keeps steps per model without holding the model: nothing in the model's own
+    attributes, and once the user drops the model its steps (cache, graph) go too."""
+    import gc
+    import weakref
+
+    model = _lora_model(saved_family)
+    _run(model, _prompts(), options=STATIC)
+    step = _only_step(model)
+    assert step.model is model
+    assert not any(isinstance(v, engine._DecodeSteps) for v in vars(model).values())
+    alive = weakref.ref(model)
+    kept = weakref.ref(step)
+    del model, step
+    gc.collect()
+    assert alive() is None and kept() is None
+
+
 @torch.no_grad()
 def test_interleaved_calls_do_not_share_a_step(saved_family):
     """A call started while another (a stream) is still decoding gets its own step and cache."""

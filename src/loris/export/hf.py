@@ -21,6 +21,7 @@ import torch
 
 from loris.export.atomic import publish_dir, staging_dir
 from loris.export.merged_tensors import PlannedTensor, lm_head_is_tied, merged_plan_for_export
+from loris.models.state import model_state
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def export_config(model, dtype: torch.dtype, quantization: dict[str, Any] | None
 
 
 def _write_generation_config(model, folder: Path) -> None:
-    source = getattr(model, "source_folder", None)
+    source = model_state(model).source_folder
     src = Path(source) / "generation_config.json" if source else None
     if src is not None and src.exists():
         shutil.copyfile(src, folder / "generation_config.json")

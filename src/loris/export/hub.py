@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loris.models.state import model_state
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TOKEN_HELP = (
     "pass token='hf_...' (a write token from https://huggingface.co/settings/tokens), run "
@@ -236,7 +238,7 @@ def push_gguf(
 
 def _base_model_id(model) -> str | None:
     """The base model's Hub id when it looks like one (local paths are not valid ``base_model``)."""
-    name = str(getattr(model, "name_or_path", "") or "")
+    name = str(model_state(model).name_or_path or "")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not Path(name).exists():
         return name
     return None
@@ -244,7 +246,7 @@ def _base_model_id(model) -> str | None:
 
 def _license(model) -> str | None:
     """The license named in the source checkpoint's README front matter, if any."""
-    source = getattr(model, "source_folder", None)
+    source = model_state(model).source_folder
     readme = Path(source) / "README.md" if source else None
     if readme is None or not readme.is_file():
         return None
@@ -262,7 +264,7 @@ def _license(model) -> str | None:
 
 
 def _lora_summary(model) -> str | None:
-    cfg = getattr(model, "peft_config", None)
+    cfg = model_state(model).peft_config
     if cfg is None:
         return None
     targets = cfg.target_modules if isinstance(cfg.target_modules, str) else ", ".join(cfg.target_modules)
@@ -280,7 +282,7 @@ def model_card(
     import yaml
 
     base_id = _base_model_id(model)
-    base_text = base_id or str(getattr(model, "name_or_path", "") or "an open model")
+    base_text = base_id or str(model_state(model).name_or_path or "an open model")
     lora = _lora_summary(model)
     tags = ["loris"]
     if lora:

@@ -23,6 +23,7 @@ from torch import nn
 
 from loris.lora import LoraLinear
 from loris.models.families import NameMapper, Split
+from loris.models.state import model_state
 from loris.quant import QuantizedLinear
 
 logger = logging.getLogger(__name__)
@@ -124,10 +125,11 @@ def find_original_weights(model) -> OriginalWeights | None:
     """The 16-bit weights the quantized model was made from, if this machine has them."""
     mapper = NameMapper(model.config)
     candidates: list[Path] = []
-    folder = getattr(model, "source_folder", None)
-    if folder is not None and getattr(model, "source_gguf_file", None) is None:
+    state = model_state(model)
+    folder = state.source_folder
+    if folder is not None and state.source_gguf_file is None:
         candidates.append(Path(folder))
-    name = str(getattr(model, "name_or_path", "") or "")
+    name = str(state.name_or_path or "")
     if name and not Path(name).exists() and "/" in name:
         for repo in dict.fromkeys([_BNB_SUFFIX.sub("", name), name]):
             cached = _hub_cache_folder(repo)

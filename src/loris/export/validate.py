@@ -211,7 +211,7 @@ def validate_merged(
     check_transformers: bool | None = None,
 ) -> Verdict:
     """Reload a ``save_merged`` folder (merged 16-bit, NF4-forced or an adapter) and compare logits."""
-    from loris.api import FastLanguageModel
+    from loris.models.loading import load_saved
 
     folder = Path(folder)
     adapter = (folder / "adapter_config.json").exists()
@@ -226,9 +226,7 @@ def validate_merged(
     coarser = max(saved, model.dtype, key=lambda d: _PRECISION.get(d, 0))
     tol = NF4_TOLERANCE if nf4 else MERGED_TOLERANCE.get(coarser, MERGED_TOLERANCE[torch.bfloat16])
     try:
-        reloaded, _ = FastLanguageModel.from_pretrained(
-            str(folder), dtype=saved, load_in_4bit=False, device_map=str(model.device)
-        )
+        reloaded = load_saved(folder, dtype=saved, device=model.device)
     except Exception as e:
         return Verdict(name, MISMATCH, f"loris cannot load it: {type(e).__name__}: {e}", folder)
     try:

@@ -7,7 +7,7 @@ Rows that finished keep decoding padding (cheaper than reshaping the batch) and 
 the result. The decode step is the model's forward (eager, the default on CPU) or a fixed-shape
 step (`StaticDecodeStep`) that CUDA can capture in a graph.
 
-Fixed-shape steps are kept on the model between calls (`_DecodeSteps`, at most
+Fixed-shape steps are kept for the model between calls (`_DecodeSteps`, in the engine's `_KEPT`, at most
 ``MAX_CACHED_STEPS``) with their decode cache and, on CUDA, their captured graph: a GRPO run
 generates every step with new prompts of a slightly different length, and capturing a graph (and
 allocating a cache) per call costs more than the decode itself. The cache length is rounded up to
@@ -23,16 +23,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from loris.generation.kv_cache import KVCache
 from loris.generation.sampling import SamplingConfig, next_tokens
 from loris.generation.static_step import StaticDecodeStep
 from loris.generation.stop import StopStrings
+from loris.models.state import unwrap_model
 
 DECODE_BUCKET = 64
 """Fixed-shape decode caches hold ``prompt + max_new_tokens`` columns rounded up to a multiple of
@@ -42,8 +45,6 @@ are masked out; attending over them costs at most 63 columns per step."""
 MAX_CACHED_STEPS = 4
 """Decode steps kept per model, least recently used dropped first: each holds a decode cache (rows x
 bucket x layers) and, on CUDA, its graph's memory."""
-
-_STEPS_ATTR = "_loris_decode_steps"
 
 
 @dataclass
@@ -103,19 +104,10 @@ def _merged_copy(model):
 
 
 class _DecodeSteps:
-    """A model's kept decode steps, by `_step_key`, least recently used first.
-
-    Never copied with the model (deepcopy, pickling): a step points into this model's memory and
-    holds a CUDA graph, so a copy starts empty."""
+    """One model's kept decode steps, by `_step_key`, least recently used first."""
 
     def __init__(self) -> None:
         self.steps: OrderedDict[tuple, StaticDecodeStep] = OrderedDict()
-
-    def __deepcopy__(self, memo) -> _DecodeSteps:
-        return _DecodeSteps()
-
-    def __reduce__(self):
-        return (_DecodeSteps, ())
 
     def get(self, key: tuple) -> StaticDecodeStep | None:
         step = self.steps.get(key)
@@ -134,16 +126,22 @@ class _DecodeSteps:
             self.steps.popitem(last=False)
 
 
+_KEPT: weakref.WeakKeyDictionary[nn.Module, _DecodeSteps] = weakref.WeakKeyDictionary()
+"""The engine's decode steps, per model. Held here, not on the model: a copy of the model
+(deepcopy, pickling) starts with none, since a step points into its model's memory and holds a CUDA
+graph; and a step refers to its model weakly, so the model's lifetime ends the entry's."""
+
+
 def decode_steps(model) -> dict[tuple, StaticDecodeStep]:
-    """The decode steps kept on ``model`` (a copy of the mapping, oldest use first); for tests."""
-    kept = model.__dict__.get(_STEPS_ATTR)
+    """The decode steps kept for ``model`` (a copy of the mapping, oldest use first); for tests."""
+    kept = _KEPT.get(unwrap_model(model))
     return dict(kept.steps) if kept is not None else {}
 
 
 def release_decode_steps(model) -> int:
-    """Drop the decode steps (caches, CUDA graphs) kept on ``model``; returns how many there were.
+    """Drop the decode steps (caches, CUDA graphs) kept for ``model``; returns how many there were.
     Their memory goes back to PyTorch's allocator; the next fixed-shape call builds a new step."""
-    kept = model.__dict__.pop(_STEPS_ATTR, None)
+    kept = _KEPT.pop(unwrap_model(model), None)
     return len(kept.steps) if kept is not None else 0
 
 
@@ -201,15 +199,14 @@ def _claim_step(model, rows: int, max_len: int, decode: str, keep: bool) -> Stat
     """The model's kept step for this key, or a new one (kept when ``keep``); marked in use until
     its call ends, so two live calls (e.g. interleaved streams) never share a cache."""
     key = _step_key(model, rows, max_len, decode) if keep else None
-    kept = model.__dict__.get(_STEPS_ATTR) if keep else None
+    kept = _KEPT.get(model) if keep else None
     step = kept.get(key) if kept is not None else None
     if step is None or step.in_use:
         cache = KVCache(model.config, rows, max_len, model.dtype, model.device, zero=True)
         fresh = StaticDecodeStep(model, cache, cuda_graph=decode == "cuda_graph")
         if keep and step is None:
             if kept is None:
-                kept = _DecodeSteps()
-                model.__dict__[_STEPS_ATTR] = kept
+                kept = _KEPT.setdefault(model, _DecodeSteps())
             kept.put(key, fresh)
         step = fresh
     step.in_use = True

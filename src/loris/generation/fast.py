@@ -10,6 +10,7 @@ import torch
 from loris.generation import engine
 from loris.generation.params import CompletionOutput, LoRARequest, RequestOutput, SamplingParams
 from loris.generation.stop import StopStrings, cut_at_stop
+from loris.models.state import DEFAULT_MAX_SEQ_LENGTH, model_state
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -93,14 +94,17 @@ def fast_generate(
     uses the adapter as it is in memory now (what GRPO rollouts and ``model.generate`` do).
     """
     params = sampling_params or SamplingParams()
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    state = model_state(model)
+    tokenizer = tokenizer if tokenizer is not None else state.tokenizer
     texts, ids = _encode(tokenizer, prompts)
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else pad
     eos = [] if params.ignore_eos else eos_ids(model, tokenizer)
     eos += list(params.stop_token_ids or [])
     stops = list(params.stop or [])
-    max_new = params.max_tokens or max(1, getattr(model, "max_seq_length", 2048) - max(map(len, ids)))
+    max_new = params.max_tokens or max(
+        1, (state.max_seq_length or DEFAULT_MAX_SEQ_LENGTH) - max(map(len, ids))
+    )
     input_ids, mask = engine.left_pad(ids, pad)
     live = isinstance(lora_request, str) and lora_request == "live"
     with lora_context(model, None if live else lora_request, base_when_none=not live):

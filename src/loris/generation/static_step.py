@@ -15,6 +15,8 @@ holds the addresses of these buffers, replays unchanged.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from loris.generation.kv_cache import KVCache
@@ -46,7 +48,10 @@ class StaticDecodeStep:
         device = cache.keys[0].device
         if cuda_graph and device.type != "cuda":
             raise ValueError("cuda_graph=True needs the model on a CUDA device; use eager decoding on CPU")
-        self.model, self.cache, self.cuda_graph = model, cache, cuda_graph
+        # Weakly: the engine keeps steps per model (`loris.generation.engine`), and a strong
+        # reference back would keep every model that ever generated alive.
+        self._model = weakref.ref(model)
+        self.cache, self.cuda_graph = cache, cuda_graph
         b = cache.batch
         self.valid = torch.zeros(b, cache.max_len, dtype=torch.bool, device=device)
         if valid is not None:
@@ -64,6 +69,13 @@ class StaticDecodeStep:
         self.graph = None
         self.logits: torch.Tensor | None = None
         self.in_use = False  # set by the engine while a generation call decodes with this step
+
+    @property
+    def model(self):
+        model = self._model()
+        if model is None:
+            raise RuntimeError("this decode step's model no longer exists")
+        return model
 
     def reset(self, valid: torch.Tensor) -> None:
         """Mark the columns the next decode may attend to (batch, max_len): the prompts' real

@@ -19,6 +19,7 @@ from loris.models.config import ModelConfig
 from loris.models.decoder import LorisForCausalLM
 from loris.models.families import IGNORED_HF_KEYS, NameMapper
 from loris.models.packing import pack_projections
+from loris.models.weights_file import CorruptCheckpointError, iter_safetensors
 from loris.quant import Linear4bit, quantized_linear
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -33,6 +34,9 @@ _BNB_STATE_SUFFIXES = (
 
 class ModelNotFoundError(FileNotFoundError):
     pass
+
+
+__all__ = ["CorruptCheckpointError", "ModelNotFoundError", "OfflineError", "load_model", "resolve_source"]
 
 
 class OfflineError(ConnectionError):
@@ -126,11 +130,7 @@ def iter_checkpoint(folder: Path, device: str | torch.device = "cpu") -> Iterato
     """(name, tensor) pairs, one tensor in memory at a time (safetensors) or memory-mapped (.bin)."""
     for f in _checkpoint_files(folder):
         if f.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(f), framework="pt", device=str(device)) as sf:
-                for key in sf.keys():
-                    yield key, sf.get_tensor(key)
+            yield from iter_safetensors(f, device)
         else:
             state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
             for key, tensor in state.items():
@@ -177,10 +177,13 @@ def build_model(
     opts: LoadOptions,
     *,
     bnb_prequantized: bool = False,
+    model_class: type[LorisForCausalLM] = LorisForCausalLM,
 ) -> LorisForCausalLM:
-    """Materialise a meta-device model from HF-named tensors; every parameter comes out frozen."""
+    """Materialise a meta-device model from HF-named tensors; every parameter comes out frozen.
+
+    ``model_class`` is the plain decoder unless a caller (the face) asks for its subclass."""
     with torch.device("meta"):
-        model = LorisForCausalLM(cfg)
+        model = model_class(cfg)
     mapper = NameMapper(cfg)
     pending_bnb: dict[str, dict[str, torch.Tensor]] = {}
     loaded: set[str] = set()
@@ -339,15 +342,16 @@ def load_model(
     device: torch.device,
     quantization: str | None,
     max_seq_length: int | None = None,
+    model_class: type[LorisForCausalLM] = LorisForCausalLM,
 ) -> LorisForCausalLM:
-    """Build the model for a resolved source."""
+    """Build the model for a resolved source (as ``model_class``, the plain decoder by default)."""
     opts = LoadOptions(dtype=dtype, device=device, quantization=quantization)
     if source.gguf_file is not None:
         from loris.models.gguf_import import GGUFCheckpoint
 
         ckpt = GGUFCheckpoint(source.gguf_file)
         cfg = ModelConfig.from_hf(ckpt.hf_config)
-        return build_model(cfg, ckpt.tensors(dtype), opts)
+        return build_model(cfg, ckpt.tensors(dtype), opts, model_class=model_class)
     raw = json.loads((source.folder / "config.json").read_text())
     qcfg = raw.pop("quantization_config", None)
     cfg = ModelConfig.from_hf(raw)
@@ -369,4 +373,35 @@ def load_model(
             raise ValueError(
                 "pre-quantized 8-bit checkpoints are not supported; load the 16-bit model with load_in_8bit=True."
             )
-    return build_model(cfg, iter_checkpoint(source.folder, device), opts, bnb_prequantized=prequantized)
+    return build_model(
+        cfg,
+        iter_checkpoint(source.folder, device),
+        opts,
+        bnb_prequantized=prequantized,
+        model_class=model_class,
+    )
+
+
+def load_saved(
+    folder: str | Path, *, dtype: torch.dtype, device: torch.device, token: str | None = None
+) -> LorisForCausalLM:
+    """A saved folder as a plain model, for checks that compare it with another: a checkpoint as it
+    is, or a PEFT adapter folder on its base model, LoRA live (no face, nothing trainable)."""
+    from loris.lora import inject_lora
+    from loris.peft_format import load_adapter_weights, lora_config_from_peft, read_adapter_config
+
+    source = resolve_source(folder, token=token)
+    if source.gguf_file is not None or not (source.folder / "adapter_config.json").exists():
+        return load_model(source, dtype=dtype, device=device, quantization=None)
+    peft_cfg = read_adapter_config(source.folder)
+    base = peft_cfg.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"{folder}/adapter_config.json names no base_model_name_or_path; set it to the base model"
+        )
+    model = load_model(resolve_source(base, token=token), dtype=dtype, device=device, quantization=None)
+    lora = lora_config_from_peft(peft_cfg)
+    inject_lora(model, lora)
+    model.state.peft_config = lora
+    load_adapter_weights(model, source.folder, peft_cfg)
+    return model.eval()

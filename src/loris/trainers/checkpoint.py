@@ -124,10 +124,10 @@ def load_checkpoint(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
     """Restore parameters, optimizer, scheduler and RNG from ``folder``; returns the trainer state."""
-    from safetensors.torch import load_file
+    from loris.models.weights_file import load_safetensors
 
     folder = Path(folder)
-    saved = load_file(str(folder / WEIGHTS))
+    saved = load_safetensors(folder / WEIGHTS)
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
     missing, unexpected = sorted(trainable - set(saved)), sorted(set(saved) - set(params))

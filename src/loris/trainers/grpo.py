@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from loris.models.state import model_state
 from loris.trainers.config import TrainingConfig
 from loris.trainers.grpo_loss import (
     LOSS_TYPES,
@@ -249,7 +250,7 @@ class GRPOTrainer(Trainer):
         super().__init__(model, args, train_dataset, eval_dataset, None, callbacks, optimizers)
         self.tokenizer = processing_class if processing_class is not None else tokenizer
         if self.tokenizer is None:
-            self.tokenizer = getattr(model, "tokenizer", None)
+            self.tokenizer = model_state(model).tokenizer
         if self.tokenizer is None:
             raise ValueError("GRPOTrainer needs the tokenizer: pass processing_class=tokenizer.")
         funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from loris.models.decoder import LorisForCausalLM
+from loris.models.state import unwrap_model
 from loris.trainers.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -397,18 +399,19 @@ class Trainer:
         (e.g. "offload" from get_peft_model), which is kept."""
         if not self.args.gradient_checkpointing:
             return
-        current = getattr(model, "gradient_checkpointing", False)
-        if current is not None and not callable(current):
+        inner = unwrap_model(model)
+        if not isinstance(inner, LorisForCausalLM):
             self._warn_once(
                 "gc-model",
-                f"gradient_checkpointing=True has no effect on {type(model).__name__}: loris checkpoints "
+                f"gradient_checkpointing=True has no effect on {type(inner).__name__}: loris checkpoints "
                 "the blocks of its own decoder only.",
             )
             return
-        if current is None:
+        if inner.gradient_checkpointing is None:
             from loris.checkpointing import make_checkpoint_fn
 
-            model.gradient_checkpointing = make_checkpoint_fn(True)
+            inner.gradient_checkpointing = make_checkpoint_fn(True)
+            inner.state.checkpointing = True
 
     def _accumulate(
         self, model: nn.Module, micro_batches: list[dict[str, Any]], scaler: Any

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from loris.models.state import model_state
 from loris.trainers.config import TrainingConfig
 from loris.trainers.loop import Trainer, TrainerCallback
 from loris.trainers.sft_data import (
@@ -135,12 +136,11 @@ class SFTTrainer(Trainer):
             )
         args = _sft_config(args, kwargs)
         tok = processing_class if processing_class is not None else tokenizer
+        state = model_state(model)
         if tok is None:
-            tok = getattr(model, "tokenizer", None)
+            tok = state.tokenizer
         if args.max_length is None:
-            args.max_length = args.max_seq_length = (
-                getattr(model, "max_seq_length", None) or DEFAULT_MAX_LENGTH
-            )
+            args.max_length = args.max_seq_length = state.max_seq_length or DEFAULT_MAX_LENGTH
         if args.assistant_only_loss:
             warnings.warn(
                 "assistant_only_loss=True is not applied by SFTTrainer: call "
