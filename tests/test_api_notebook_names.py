@@ -373,7 +373,7 @@ def test_quantization_type_is_the_gemma_notebooks_spelling(monkeypatch, tmp_path
     monkeypatch.setattr(
         gguf_mod,
         "save_gguf",
-        lambda model, d, tok, quantization_method, **kw: seen.append(quantization_method),
+        lambda model, d, tok, quantization_method, **kw: seen.append(quantization_method) or [],
     )
     dummy = types.SimpleNamespace(tokenizer=None)
     LorisModel.save_pretrained_gguf(dummy, tmp_path, quantization_type="Q8_0")

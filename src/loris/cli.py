@@ -86,51 +86,49 @@ def _artifact_name(source: Path) -> str:
 
 
 def _write_artifacts(model, tokenizer, plan, methods, out: Path, name: str) -> list[tuple[str, Path]]:
-    from loris.export.gguf import save_gguf
-    from loris.export.hf import save_merged
+    from loris.export import pipeline
 
     written: list[tuple[str, Path]] = []
     for what in plan:
-        if what == "gguf":
-            for path in save_gguf(model, out / "gguf", tokenizer, quantization_method=methods, name=name):
-                written.append((f"gguf {path.name.split('.')[-2].lower()}", path))
-            if (out / "gguf" / "Modelfile").exists():
-                written.append(("ollama Modelfile", out / "gguf" / "Modelfile"))
-        else:
-            written.append((what, save_merged(model, out / what, tokenizer, save_method=what)))
+        folder = out / what
+        kw = {"quantization_method": methods, "name": name} if what == "gguf" else {}
+        written += [(w.label, w.path) for w in pipeline.write(model, tokenizer, what, folder, **kw)]
     return written
 
 
 def _validate_artifacts(model, tokenizer, written: list[tuple[str, Path]]) -> None:
     """`--validate`: reload each artifact and compare (loris.export.validate); raises on a mismatch."""
-    from loris.export.validate import validate_export
+    from loris.export import pipeline
 
     kinds = {"ollama Modelfile": "modelfile"}
     print("validating the export (reloading each artifact):")
-    validate_export(model, tokenizer, [(kinds.get(w, w.split()[0]), p) for w, p in written])
+    checks = [pipeline.Written(w, p, kinds.get(w, w.split()[0])) for w, p in written]
+    pipeline.check(model, tokenizer, checks)
 
 
 def _push_artifacts(model, written, args: argparse.Namespace, plan: list[str]) -> None:
     """Upload each written folder: the first artifact to REPO, further ones to REPO-bnb-4bit / REPO-GGUF."""
-    from loris.export.hub import push_adapter, upload_folder, write_model_card
+    from loris.export import pipeline
 
     repo = args.push_to_hub
     if not plan:
-        info = push_adapter(model, repo, model.tokenizer, token=args.token, private=args.private)
+        info = pipeline.push(model, model.tokenizer, "adapter", repo, token=args.token, private=args.private)
         print(f"uploaded the adapter to {repo}: {info.commit_url}")
         return
-    suffixes = {"merged_16bit": "", "merged_4bit_forced": "-bnb-4bit", "gguf": "-GGUF"}
     folders = {"gguf": Path(args.out) / "gguf", **{w: p for w, p in written if w.startswith("merged")}}
     for i, what in enumerate(plan):
-        repo_id = repo if i == 0 else repo + suffixes[what]
+        repo_id = repo if i == 0 else repo + pipeline.REPO_SUFFIXES[what]
         folder = folders[what]
-        kind = "gguf" if what == "gguf" else "merged"
-        ggufs = sorted(folder.glob("*.gguf")) if kind == "gguf" else ()
-        write_model_card(
-            folder, model, repo_id, kind, **({"gguf_files": ggufs} if ggufs else {"method": what})
-        )
-        info = upload_folder(
-            folder, repo_id, args.token, args.private, f"Upload {what} made with loris export"
+        ggufs = sorted(folder.glob("*.gguf")) if what == "gguf" else ()
+        info = pipeline.upload(
+            model,
+            folder,
+            repo_id,
+            what,
+            args.token,
+            args.private,
+            f"Upload {what} made with loris export",
+            gguf_files=ggufs,
         )
         print(f"uploaded {what} to {repo_id}: {info.commit_url}")
 

@@ -8,9 +8,9 @@ from datasets import Dataset
 from trainer_testing import Record, token_rows
 
 from loris import SFTConfig, SFTTrainer
+from loris.data.sft import SFTCollator, pack_dataset
 from loris.trainers import TrainingConfig
 from loris.trainers.sft import prepare_sft_data
-from loris.trainers.sft_data import SFTCollator, pack_dataset
 
 CHAT = "{% for m in messages %}<s> {{ m['content'] }} </s> {% endfor %}"
 

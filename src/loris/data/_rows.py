@@ -13,14 +13,15 @@ def is_hf_dataset(data: Any) -> bool:
     return type(data).__module__.startswith("datasets.") and hasattr(data, "column_names")
 
 
-def column_names(data: Rows) -> list[str]:
-    """Column names of a Dataset, or the union of keys of a list of dicts (first-seen order)."""
+def column_names(data: Rows, limit: int | None = None) -> list[str]:
+    """Column names of a Dataset, or the union of keys of a list of dicts (first-seen order; of
+    its first ``limit`` rows when given)."""
     if is_hf_dataset(data):
         return list(data.column_names)
     if not isinstance(data, Sequence) or isinstance(data, (str, bytes)):
         raise TypeError(f"Expected a datasets.Dataset or a list of dicts, got {type(data).__name__}.")
     names: dict[str, None] = {}
-    for row in data:
+    for row in data if limit is None else data[:limit]:
         if not isinstance(row, dict):
             raise TypeError(f"Expected a list of dicts, found a {type(row).__name__} row.")
         names.update(dict.fromkeys(row))
@@ -67,3 +68,10 @@ def from_columns(like: Rows, columns: dict[str, list[Any]]) -> Rows:
     names = list(columns)
     n = len(columns[names[0]]) if names else 0
     return [{k: columns[k][i] for k in names} for i in range(n)]
+
+
+def from_rows(like: Rows, rows: list[dict]) -> Rows:
+    """Rows of the same kind as ``like`` (Dataset or list) from a list of dicts."""
+    if is_hf_dataset(like):
+        return type(like).from_list(rows)
+    return rows

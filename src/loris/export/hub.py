@@ -1,8 +1,8 @@
-"""Upload exports to the Hugging Face Hub: adapter, merged checkpoint or GGUF files, with a model card.
+"""The Hugging Face Hub end of an export: token checks, the model card, ``upload_folder``.
 
-Each push saves into a temporary folder with the local exporters (so the Hub gets byte for byte what
-a local save writes), adds a generated README.md, then calls ``create_repo(exist_ok=True)`` and
-``upload_folder``. The endpoint is read from ``HF_ENDPOINT`` at call time (huggingface_hub reads it
+A push (`loris.export.pipeline.push`) saves into a temporary folder with the local exporters (so the
+Hub gets byte for byte what a local save writes), adds the README.md written here, then calls
+``create_repo(exist_ok=True)`` and ``upload_folder``. The endpoint is read from ``HF_ENDPOINT`` at call time (huggingface_hub reads it
 once, at import) so a mirror or a test server set later is honoured.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,101 +135,6 @@ def _is_network_error(err: BaseException) -> bool:
     except ImportError:  # pragma: no cover - huggingface_hub 1.x depends on httpx
         pass
     return isinstance(err, (ConnectionError, TimeoutError))
-
-
-# ---------------------------------------------------------------------------------- pushes
-
-
-def push_adapter(
-    model,
-    repo_id: str,
-    tokenizer: Any = None,
-    token: str | None = None,
-    private: bool | None = None,
-    commit_message: str | None = None,
-):
-    """Upload the LoRA adapter (PEFT format) and tokenizer, as ``model.save_pretrained`` writes them."""
-    from loris.peft_format import save_adapter
-
-    token = check_can_upload(repo_id, token)
-    with tempfile.TemporaryDirectory(prefix="loris-hub-") as tmp:
-        folder = Path(tmp) / "adapter"
-        save_adapter(model, folder)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(folder))
-        write_model_card(folder, model, repo_id, kind="adapter")
-        return upload_folder(
-            folder, repo_id, token, private, commit_message or "Upload LoRA adapter trained with loris"
-        )
-
-
-def push_merged(
-    model,
-    repo_id: str,
-    tokenizer: Any = None,
-    save_method: str = "merged_16bit",
-    token: str | None = None,
-    private: bool | None = None,
-    commit_message: str | None = None,
-    max_shard_size: int | str = "5GB",
-    validate: bool = False,
-):
-    """Upload the merged checkpoint ``save_pretrained_merged`` writes (``lora`` uploads the adapter).
-
-    ``validate=True`` checks the folder first (`loris.export.validate`); a mismatch uploads nothing."""
-    from loris.export.hf import save_merged
-
-    token = check_can_upload(repo_id, token)
-    with tempfile.TemporaryDirectory(prefix="loris-hub-") as tmp:
-        folder = Path(tmp) / "merged"
-        save_merged(model, folder, tokenizer, save_method=save_method, max_shard_size=max_shard_size)
-        method = str(save_method).lower()
-        if validate:
-            from loris.export.validate import validate_export
-
-            validate_export(model, tokenizer, [(method, folder)])
-        write_model_card(
-            folder, model, repo_id, kind="adapter" if method == "lora" else "merged", method=method
-        )
-        return upload_folder(
-            folder, repo_id, token, private, commit_message or f"Upload {method} model trained with loris"
-        )
-
-
-def push_gguf(
-    model,
-    repo_id: str,
-    tokenizer: Any = None,
-    quantization_method: str | Sequence[str] | None = "fast_quantized",
-    token: str | None = None,
-    private: bool | None = None,
-    commit_message: str | None = None,
-    validate: bool = False,
-):
-    """Upload ``<name>.<QUANT>.gguf`` per method plus the Ollama Modelfile and config.json.
-
-    ``validate=True`` checks the files first (`loris.export.validate`); a mismatch uploads nothing."""
-    import json
-
-    from loris.export.gguf import save_gguf
-
-    token = check_can_upload(repo_id, token)
-    name = repo_id.split("/")[-1]
-    with tempfile.TemporaryDirectory(prefix="loris-hub-") as tmp:
-        folder = Path(tmp) / "gguf"
-        paths = save_gguf(model, folder, tokenizer, quantization_method=quantization_method, name=name)
-        if validate:
-            from loris.export.validate import gguf_artifacts, validate_export
-
-            validate_export(model, tokenizer, gguf_artifacts(paths))
-        hf_config = getattr(model.config, "hf_config", None)
-        if hf_config:  # lets the Hub show the architecture; runtimes ignore it
-            (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-        write_model_card(folder, model, repo_id, kind="gguf", gguf_files=paths)
-        methods = ", ".join(p.name.split(".")[-2] for p in paths)
-        return upload_folder(
-            folder, repo_id, token, private, commit_message or f"Upload GGUF ({methods}) made with loris"
-        )
 
 
 # ---------------------------------------------------------------------------------- model card

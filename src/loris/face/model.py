@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from loris.export import pipeline
 from loris.models.decoder import LorisForCausalLM
 
 
@@ -43,12 +44,8 @@ class LorisModel(LorisForCausalLM):
 
     def save_pretrained(self, save_directory, tokenizer=None, **_: object):
         """Save the LoRA adapter in PEFT's format (and the tokenizer, if given)."""
-        from loris.peft_format import save_adapter
-
-        out = save_adapter(self, save_directory)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(out))
-        return out
+        (adapter,) = pipeline.save(self, tokenizer, "adapter", save_directory)
+        return adapter.path
 
     def save_pretrained_merged(
         self,
@@ -76,16 +73,10 @@ class LorisModel(LorisForCausalLM):
                 max_shard_size=max_shard_size,
                 validate=validate,
             )
-        from loris.export.hf import save_merged
-
-        out = save_merged(
-            self, save_directory, tokenizer, save_method=save_method, max_shard_size=max_shard_size
+        (merged,) = pipeline.save(
+            self, tokenizer, save_method, save_directory, validate=validate, max_shard_size=max_shard_size
         )
-        if validate:
-            from loris.export.validate import validate_export
-
-            validate_export(self, tokenizer, [(str(save_method).lower(), out)])
-        return out
+        return merged.path
 
     def save_pretrained_gguf(
         self,
@@ -104,8 +95,6 @@ class LorisModel(LorisForCausalLM):
 
         ``backend="llama.cpp"`` quantizes with llama-cpp-python's quantizer instead of loris' own.
         ``validate=True`` checks each file in llama.cpp and the Modelfile (`loris.export.validate`)."""
-        from loris.export.gguf import save_gguf
-
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if quantization_type is not None:
             if quantization_method not in ("fast_quantized", quantization_type):
@@ -114,31 +103,27 @@ class LorisModel(LorisForCausalLM):
                     "disagree: pass one of them"
                 )
             quantization_method = quantization_type
-        paths = save_gguf(
+        written = pipeline.save(
             self,
-            save_directory,
             tokenizer,
+            "gguf",
+            save_directory,
+            validate=validate,
             quantization_method=quantization_method,
             first_conversion=first_conversion,
             backend=backend,
         )
-        if validate:
-            from loris.export.validate import gguf_artifacts, validate_export
+        return [w.path for w in written if w.kind == "gguf"]
 
-            validate_export(self, tokenizer, gguf_artifacts(paths))
-        return paths
-
-    # ---- Hub uploads (see loris.export.hub) ------------------------------------------------------
+    # ---- Hub uploads (see loris.export.pipeline) ------------------------------------------------------
 
     def push_to_hub(
         self, repo_id, tokenizer=None, token=None, private=None, commit_message=None, **_: object
     ):
         """Upload the LoRA adapter (PEFT format) with a model card; ``token`` defaults to HF_TOKEN / login."""
-        from loris.export.hub import push_adapter
-
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        return push_adapter(
-            self, repo_id, tokenizer, token=token, private=private, commit_message=commit_message
+        return pipeline.push(
+            self, tokenizer, "adapter", repo_id, token=token, private=private, commit_message=commit_message
         )
 
     def push_to_hub_merged(
@@ -155,13 +140,11 @@ class LorisModel(LorisForCausalLM):
     ):
         """Unsloth's name: upload what ``save_pretrained_merged`` writes, with a model card
         (``validate=True``: checked before the upload, see `loris.export.validate`)."""
-        from loris.export.hub import push_merged
-
-        return push_merged(
+        return pipeline.push(
             self,
-            repo_id,
             tokenizer if tokenizer is not None else self.tokenizer,
-            save_method=save_method,
+            save_method,
+            repo_id,
             token=token,
             private=private,
             commit_message=commit_message,
@@ -182,12 +165,11 @@ class LorisModel(LorisForCausalLM):
     ):
         """Unsloth's name: upload ``<name>.<QUANT>.gguf`` file(s), the Modelfile and a model card
         (``validate=True``: checked before the upload, see `loris.export.validate`)."""
-        from loris.export.hub import push_gguf
-
-        return push_gguf(
+        return pipeline.push(
             self,
-            repo_id,
             tokenizer if tokenizer is not None else self.tokenizer,
+            "gguf",
+            repo_id,
             quantization_method=quantization_method,
             token=token,
             private=private,

@@ -6,6 +6,7 @@ Importing this package only defines names; nothing runs.
 
 from __future__ import annotations
 
+from loris.data.sft import SFTCollator
 from loris.trainers.config import TrainingConfig
 from loris.trainers.loop import (
     Trainer,
@@ -15,7 +16,6 @@ from loris.trainers.loop import (
     TrainOutput,
 )
 from loris.trainers.sft import SFTConfig, SFTTrainer, UnslothTrainer, UnslothTrainingArguments
-from loris.trainers.sft_data import SFTCollator
 
 __all__ = [
     "SFTCollator",

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from loris.data import IGNORE_INDEX
 from loris.models.decoder import LorisForCausalLM
 from loris.models.state import unwrap_model
 from loris.trainers.checkpoint import (
@@ -46,7 +47,6 @@ from loris.trainers.plots import LOSS_PLOT, write_loss_plot
 from loris.trainers.progress import ProgressBar, wants_bar
 from loris.trainers.schedule import build_scheduler
 
-IGNORE_INDEX = -100
 LOG_FILE = "log.jsonl"
 
 

@@ -4,7 +4,7 @@
                          args=SFTConfig(per_device_train_batch_size=2, max_steps=60, ...))
     trainer.train()
 
-The dataset is tokenized when the trainer is built (see `sft_data.prepare_dataset`), so
+The dataset is tokenized when the trainer is built (see `loris.data.sft.prepare_dataset`), so
 ``trainer.train_dataset`` holds ``input_ids`` that ``train_on_responses_only(trainer)`` can mask.
 """
 
@@ -19,16 +19,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from loris.models.state import model_state
-from loris.trainers.config import TrainingConfig
-from loris.trainers.loop import Trainer, TrainerCallback
-from loris.trainers.sft_data import (
+from loris.data.sft import (
     ModelColumnsCollator,
     SFTCollator,
     TokenizeSpec,
     pack_dataset,
     prepare_dataset,
 )
+from loris.models.state import model_state
+from loris.trainers.config import TrainingConfig
+from loris.trainers.loop import Trainer, TrainerCallback
 
 DEFAULT_MAX_LENGTH = 1024  # TRL's SFTConfig default, used when neither config nor model gives one
 _DATASET_KWARGS = {"skip_prepare_dataset", "add_special_tokens", "append_concat_token"}

@@ -1,52 +1,32 @@
 """SFT data: rows → token ids, the padding collator, and packing.
 
-Works on a `datasets.Dataset` or a plain list of dicts; the result is of the same kind.
+Works on a `datasets.Dataset` or a plain list of dicts (through the row helpers of
+`loris.data._rows`); the result is of the same kind.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from loris.data import IGNORE_INDEX, _rows
+from loris.data._rows import from_rows, is_hf_dataset
+
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels", "position_ids")
 _OVERFLOW = "__loris_truncated"  # temporary column: the row was cut to max_length
 CONVERSATION_COLUMNS = ("messages", "conversations")
-
-
-def is_dataset(data: Any) -> bool:
-    """A `datasets.Dataset` (checked by its module, so `datasets` is never imported for lists)."""
-    return type(data).__module__.startswith("datasets.") and hasattr(data, "column_names")
-
-
-def columns_of(data: Any) -> list[str]:
-    if is_dataset(data):
-        return list(data.column_names)
-    if not isinstance(data, Sequence) or isinstance(data, (str, bytes)):
-        raise TypeError(f"Expected a datasets.Dataset or a list of dicts, got {type(data).__name__}.")
-    names: dict[str, None] = {}
-    for row in data[:1000]:
-        if not isinstance(row, dict):
-            raise TypeError(f"Expected a list of dicts, found a {type(row).__name__} row.")
-        names.update(dict.fromkeys(row))
-    return list(names)
+_SCANNED_ROWS = 1000  # a list's columns are read from its first rows
 
 
 def map_rows(data: Any, fn: Callable[[dict], dict], num_proc: int | None = None, desc: str = "") -> Any:
     """``fn(row) -> new row`` over every row; the old columns are dropped."""
-    if is_dataset(data):
-        return data.map(fn, remove_columns=data.column_names, num_proc=num_proc, desc=desc or None)
+    if is_hf_dataset(data):
+        return _rows.map_rows(data, fn, data.column_names, num_proc=num_proc, desc=desc or None)
     return [fn(row) for row in data]
-
-
-def rows_from_list(like: Any, rows: list[dict]) -> Any:
-    if is_dataset(like):
-        return type(like).from_list(rows)
-    return rows
 
 
 # ------------------------------------------------------------------------------------------ tokenizing
@@ -129,7 +109,7 @@ def _warn_truncated(data: Any, max_length: int | None) -> Any:
     """Drop the temporary flag column, warning once with the number of rows that were cut."""
     if max_length is None:
         return data
-    if is_dataset(data):
+    if is_hf_dataset(data):
         if _OVERFLOW not in data.column_names:
             return data
         count = sum(data[_OVERFLOW])
@@ -165,11 +145,11 @@ def prepare_dataset(
             "The dataset is empty (0 rows): nothing to train on. Check the file, split or filtering "
             "that produced it."
         )
-    names = columns_of(data)
+    names = _rows.column_names(data, limit=_SCANNED_ROWS)
     if "input_ids" in names:
         if spec.max_length is None:
             return data
-        if is_dataset(data):
+        if is_hf_dataset(data):
             data = data.map(
                 lambda r: _truncate(r, spec.max_length), num_proc=spec.num_proc, desc="Truncating"
             )
@@ -252,7 +232,7 @@ def pack_dataset(data: Any, max_length: int) -> Any:
     """
     rows = (
         data
-        if not is_dataset(data)
+        if not is_hf_dataset(data)
         else data.select_columns([c for c in MODEL_COLUMNS if c in data.column_names])
     )
     packed: list[dict] = []
@@ -288,7 +268,7 @@ def pack_dataset(data: Any, max_length: int) -> Any:
         labels.extend([IGNORE_INDEX, *row_labels[1:]])
         positions.extend(range(len(row_ids)))
     flush()
-    return rows_from_list(data, packed)
+    return from_rows(data, packed)
 
 
 # -------------------------------------------------------------------------------------------- collators
