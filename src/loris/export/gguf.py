@@ -26,22 +26,21 @@ import torch
 from loris.export.atomic import temp_file_for
 from loris.export.merged_tensors import PlannedTensor, merged_plan_for_export
 from loris.models.config import ModelConfig
+from loris.models.families import FAMILIES, family_spec
 from loris.models.state import model_state
 
 logger = logging.getLogger(__name__)
 
 Q = gguf.GGMLQuantizationType
 
-# loris model_type → (GGUF architecture, Q/K rows permuted for llama.cpp's RoPE, norms stored as 1 + w)
-ARCHITECTURES: dict[str, tuple[gguf.MODEL_ARCH, bool, bool]] = {
-    "llama": (gguf.MODEL_ARCH.LLAMA, True, False),
-    "mistral": (gguf.MODEL_ARCH.LLAMA, True, False),
-    "qwen2": (gguf.MODEL_ARCH.QWEN2, False, False),
-    "qwen3": (gguf.MODEL_ARCH.QWEN3, False, False),
-    "gemma2": (gguf.MODEL_ARCH.GEMMA2, False, True),
-    "gemma3_text": (gguf.MODEL_ARCH.GEMMA3, False, True),
-    "phi3": (gguf.MODEL_ARCH.PHI3, False, False),
-}
+_ARCH_BY_NAME = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
+
+
+def gguf_arch(cfg: ModelConfig) -> gguf.MODEL_ARCH:
+    """The GGUF architecture this config's family is written as (its `FamilySpec.gguf_arch`)."""
+    if cfg.model_type not in FAMILIES:
+        raise ValueError(f"GGUF export does not support model_type={cfg.model_type!r}")
+    return _ARCH_BY_NAME[FAMILIES[cfg.model_type].gguf_arch]
 
 
 @dataclass
@@ -85,8 +84,9 @@ def permute_for_llama_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def gguf_tensors(model, plan: list[PlannedTensor]) -> list[GGUFTensor]:
     """The plan renamed to llama.cpp's tensor names, with the per-architecture transforms attached."""
     cfg: ModelConfig = model.config
-    arch, permute, plus_one = ARCHITECTURES[cfg.model_type]
-    names = gguf.TensorNameMap(arch, cfg.num_layers)
+    spec = family_spec(cfg.model_type)
+    permute, plus_one = spec.gguf_permuted_qk, spec.gguf_norm_plus_one
+    names = gguf.TensorNameMap(gguf_arch(cfg), cfg.num_layers)
     out = [*_rope_tensors(cfg)]
     for t in plan:
         name = names.get_name(t.name, try_suffixes=(".weight", ".bias"))
@@ -131,8 +131,8 @@ def _rope_tensors(cfg: ModelConfig) -> list[GGUFTensor]:
 
 
 def write_arch_metadata(writer: gguf.GGUFWriter, cfg: ModelConfig, warn: Callable[[str], None]) -> None:
-    """Hyper-parameters llama.cpp reads for this architecture."""
-    t = cfg.model_type
+    """Hyper-parameters llama.cpp reads for this architecture (the family's own from its spec)."""
+    spec = family_spec(cfg.model_type)
     head_dim = cfg.head_dim
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
@@ -143,35 +143,18 @@ def write_arch_metadata(writer: gguf.GGUFWriter, cfg: ModelConfig, warn: Callabl
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_freq_base(cfg.rope.theta)
     writer.add_vocab_size(cfg.vocab_size)
-    if head_dim != cfg.hidden_size // cfg.num_heads or t in ("qwen3", "gemma2", "gemma3_text"):
+    if head_dim != cfg.hidden_size // cfg.num_heads or spec.gguf_key_length:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
-    if t in ("llama", "mistral", "phi3", "qwen2", "qwen3"):
+    if spec.gguf_rope_dimension:
         writer.add_rope_dimension_count(cfg.rope.rotary_dim or head_dim)
     _write_rope_scaling(writer, cfg, warn)
-    if t in ("gemma2", "gemma3_text"):
-        if cfg.sliding_window:
-            writer.add_sliding_window(cfg.sliding_window)
-        if cfg.attn_logit_softcap is not None:
-            writer.add_attn_logit_softcapping(cfg.attn_logit_softcap)
-        if cfg.final_logit_softcap is not None:
-            writer.add_final_logit_softcapping(cfg.final_logit_softcap)
-        scalar = cfg.hf_config.get("query_pre_attn_scalar")
-        if scalar not in (None, head_dim, cfg.hidden_size // cfg.num_heads):
-            warn(
-                f"query_pre_attn_scalar={scalar} has no GGUF field: llama.cpp scales attention by "
-                f"1/sqrt(head_dim={head_dim}) (or hidden/heads for 27B models)"
-            )
-        if t == "gemma3_text":
-            if cfg.rope_local is not None:
-                writer.add_rope_freq_base_swa(cfg.rope_local.theta)
-            writer.add_sliding_window_pattern([lt == "sliding_attention" for lt in cfg.layer_types])
-    elif t == "phi3":
-        if cfg.sliding_window:
-            writer.add_sliding_window(cfg.sliding_window)
+    if spec.gguf_metadata is not None:
+        spec.gguf_metadata(writer, cfg, warn)
     elif cfg.sliding_window and any(cfg.is_sliding(i) for i in range(cfg.num_layers)):
         warn(
-            f"sliding-window attention ({cfg.sliding_window}) is not represented for {t} in GGUF; runtimes use full attention"
+            f"sliding-window attention ({cfg.sliding_window}) is not represented for {cfg.model_type} in GGUF; "
+            "runtimes use full attention"
         )
 
 
@@ -268,9 +251,7 @@ def convert_to_gguf(
 ) -> list[Path]:
     """Write one GGUF per ``method → path`` from a single pass over the merged model's tensors."""
     cfg: ModelConfig = model.config
-    if cfg.model_type not in ARCHITECTURES:
-        raise ValueError(f"GGUF export does not support model_type={cfg.model_type!r}")
-    arch = ARCHITECTURES[cfg.model_type][0]
+    arch = gguf_arch(cfg)
     warnings_seen: list[str] = []
 
     def warn(msg: str) -> None:

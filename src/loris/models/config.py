@@ -16,32 +16,14 @@ from typing import Any
 
 import torch
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "phi3")
+from loris.models.families import FAMILIES, family_spec
+from loris.models.hf_fields import RopeConfig, UnsupportedModelError
 
+__all__ = ["ModelConfig", "RopeConfig", "SUPPORTED_MODEL_TYPES", "UnsupportedModelError"]
 
-class UnsupportedModelError(ValueError):
-    pass
-
-
-@dataclass
-class RopeConfig:
-    """One rotary embedding: the base and its scaling (HF `rope_parameters` for one layer type)."""
-
-    theta: float = 10000.0
-    rope_type: str = "default"  # default | linear | dynamic | llama3 | yarn | longrope
-    factor: float = 1.0
-    rotary_dim: int = 0  # 0 = the whole head
-    original_max_position_embeddings: int | None = None
-    low_freq_factor: float | None = None  # llama3
-    high_freq_factor: float | None = None  # llama3
-    beta_fast: float | None = None  # yarn
-    beta_slow: float | None = None  # yarn
-    mscale: float | None = None  # yarn
-    mscale_all_dim: float | None = None  # yarn
-    attention_factor: float | None = None  # yarn / longrope
-    truncate: bool = True  # yarn
-    short_factor: list[float] | None = None  # longrope
-    long_factor: list[float] | None = None  # longrope
+SUPPORTED_MODEL_TYPES = tuple(
+    t for spec in FAMILIES.values() for t in (spec.model_type, *spec.wrapper_model_types)
+)
 
 
 @dataclass
@@ -126,18 +108,18 @@ class ModelConfig:
         """From a transformers `PretrainedConfig`, a config dict, or a path to config.json / its folder."""
         hf = load_hf_config(hf)
         model_type = hf.model_type
-        if model_type == "gemma3":  # multimodal wrapper: fine-tune its text tower
-            hf = hf.get_text_config()
+        if model_type not in FAMILIES and model_type in SUPPORTED_MODEL_TYPES:
+            hf = hf.get_text_config()  # a multimodal wrapper (Gemma 3): fine-tune its text tower
             model_type = hf.model_type
-        if model_type not in SUPPORTED_MODEL_TYPES:
+        if model_type not in FAMILIES:
             raise UnsupportedModelError(unsupported_message(model_type))
-        return _PARSERS[model_type](hf)
+        return cls(**family_spec(model_type).config_fields(hf))
 
 
 def unsupported_message(model_type: str | None) -> str:
     return (
         f"loris does not support model_type={model_type!r}. Supported: "
-        + ", ".join(t for t in SUPPORTED_MODEL_TYPES if t != "gemma3")
+        + ", ".join(FAMILIES)
         + " (and gemma3's text tower). Open an issue with the model's config.json to ask for it."
     )
 
@@ -160,157 +142,3 @@ def load_hf_config(hf: Any):
         raise UnsupportedModelError(unsupported_message(model_type))
     kwargs = {k: v for k, v in hf.items() if k != "model_type"}
     return CONFIG_MAPPING[model_type](**kwargs)
-
-
-def _rope_from_params(params: dict[str, Any] | None, head_dim: int) -> RopeConfig:
-    params = dict(params or {})
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type == "su":  # old name of longrope (Phi-3)
-        rope_type = "longrope"
-    partial = params.get("partial_rotary_factor", 1.0)
-    rotary_dim = int(head_dim * partial)
-    return RopeConfig(
-        theta=float(params.get("rope_theta", 10000.0)),
-        rope_type=rope_type,
-        factor=float(params.get("factor", 1.0) or 1.0),
-        rotary_dim=rotary_dim if rotary_dim != head_dim else 0,
-        original_max_position_embeddings=params.get("original_max_position_embeddings"),
-        low_freq_factor=params.get("low_freq_factor"),
-        high_freq_factor=params.get("high_freq_factor"),
-        beta_fast=params.get("beta_fast"),
-        beta_slow=params.get("beta_slow"),
-        mscale=params.get("mscale"),
-        mscale_all_dim=params.get("mscale_all_dim"),
-        attention_factor=params.get("attention_factor"),
-        truncate=params.get("truncate", True),
-        short_factor=params.get("short_factor"),
-        long_factor=params.get("long_factor"),
-    )
-
-
-def _head_dim(hf) -> int:
-    return getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-
-
-def _dtype_name(hf) -> str | None:
-    dt = getattr(hf, "dtype", None) or getattr(hf, "torch_dtype", None)
-    if dt is None:
-        return None
-    return str(dt).removeprefix("torch.")
-
-
-def _common(hf, **overrides: Any) -> dict[str, Any]:
-    head_dim = _head_dim(hf)
-    fields: dict[str, Any] = dict(
-        model_type=hf.model_type,
-        vocab_size=hf.vocab_size,
-        hidden_size=hf.hidden_size,
-        intermediate_size=hf.intermediate_size,
-        num_layers=hf.num_hidden_layers,
-        num_heads=hf.num_attention_heads,
-        num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
-        head_dim=head_dim,
-        max_position_embeddings=hf.max_position_embeddings,
-        rms_norm_eps=hf.rms_norm_eps,
-        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
-        rope=_rope_from_params(getattr(hf, "rope_parameters", None), head_dim),
-        layer_types=list(getattr(hf, "layer_types", None) or []),
-        bos_token_id=getattr(hf, "bos_token_id", None),
-        eos_token_id=getattr(hf, "eos_token_id", None),
-        pad_token_id=getattr(hf, "pad_token_id", None),
-        torch_dtype=_dtype_name(hf),
-        hf_config=hf.to_dict(),
-    )
-    fields.update(overrides)
-    return fields
-
-
-def _parse_llama(hf) -> ModelConfig:
-    bias = bool(getattr(hf, "attention_bias", False))
-    return ModelConfig(
-        **_common(hf, qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(hf, "mlp_bias", False)))
-    )
-
-
-def _parse_mistral(hf) -> ModelConfig:
-    return ModelConfig(**_common(hf, sliding_window=getattr(hf, "sliding_window", None), layer_types=[]))
-
-
-def _parse_qwen2(hf) -> ModelConfig:
-    return ModelConfig(**_common(hf, qkv_bias=True, sliding_window=hf.sliding_window))
-
-
-def _parse_qwen3(hf) -> ModelConfig:
-    bias = bool(getattr(hf, "attention_bias", False))
-    return ModelConfig(
-        **_common(hf, qkv_bias=bias, o_bias=bias, qk_norm=True, sliding_window=hf.sliding_window)
-    )
-
-
-def _gemma_common(hf) -> dict[str, Any]:
-    bias = bool(getattr(hf, "attention_bias", False))
-    return dict(
-        qkv_bias=bias,
-        o_bias=bias,
-        norm_offset=1.0,
-        sandwich_norms=True,
-        embed_scale=math.sqrt(hf.hidden_size),
-        attn_scale=hf.query_pre_attn_scalar**-0.5,
-        attn_logit_softcap=getattr(hf, "attn_logit_softcapping", None),
-        final_logit_softcap=getattr(hf, "final_logit_softcapping", None),
-        sliding_window=hf.sliding_window,
-        activation=_activation(getattr(hf, "hidden_activation", None) or hf.hidden_act),
-    )
-
-
-def _parse_gemma2(hf) -> ModelConfig:
-    return ModelConfig(**_common(hf, **_gemma_common(hf)))
-
-
-def _parse_gemma3(hf) -> ModelConfig:
-    head_dim = _head_dim(hf)
-    params = hf.rope_parameters
-    return ModelConfig(
-        **_common(
-            hf,
-            **_gemma_common(hf),
-            qk_norm=True,
-            rope=_rope_from_params(params["full_attention"], head_dim),
-            rope_local=_rope_from_params(params["sliding_attention"], head_dim),
-        )
-    )
-
-
-def _parse_phi3(hf) -> ModelConfig:
-    params = dict(hf.rope_parameters or {})
-    if params.get("rope_type") in ("longrope", "su"):
-        params.setdefault("original_max_position_embeddings", hf.original_max_position_embeddings)
-    head_dim = _head_dim(hf)
-    return ModelConfig(
-        **_common(
-            hf,
-            rope=_rope_from_params(params, head_dim),
-            sliding_window=getattr(hf, "sliding_window", None),
-            layer_types=[],
-            activation=_activation(hf.hidden_act),
-        )
-    )
-
-
-def _activation(name: str) -> str:
-    if name == "silu":
-        return "silu"
-    if name in ("gelu_pytorch_tanh", "gelu_tanh"):
-        return "gelu_tanh"
-    raise UnsupportedModelError(f"activation {name!r} is not supported (silu, gelu_pytorch_tanh are)")
-
-
-_PARSERS = {
-    "llama": _parse_llama,
-    "mistral": _parse_mistral,
-    "qwen2": _parse_qwen2,
-    "qwen3": _parse_qwen3,
-    "gemma2": _parse_gemma2,
-    "gemma3_text": _parse_gemma3,
-    "phi3": _parse_phi3,
-}

@@ -14,16 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# GGUF architecture → (HF model_type, whether Q/K rows were permuted, whether norms store 1 + w)
-_ARCHES: dict[str, tuple[str, bool, bool]] = {
-    "llama": ("llama", True, False),
-    "mistral": ("mistral", True, False),
-    "qwen2": ("qwen2", False, False),
-    "qwen3": ("qwen3", False, False),
-    "gemma2": ("gemma2", False, True),
-    "gemma3": ("gemma3_text", False, True),
-    "phi3": ("phi3", False, False),
-}
+from loris.models.families import FAMILIES, FamilySpec
+
+# GGUF architecture → the family loaded from it
+_ARCHES: dict[str, FamilySpec] = {arch: spec for spec in FAMILIES.values() for arch in spec.load_arches}
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -62,7 +56,9 @@ class GGUFCheckpoint:
             raise ValueError(
                 f"GGUF architecture {self.arch!r} is not supported for loading; supported: {', '.join(_ARCHES)}"
             )
-        self.model_type, self.permuted_qk, self.norm_plus_one = _ARCHES[self.arch]
+        self.family = _ARCHES[self.arch]
+        self.model_type = self.family.model_type
+        self.permuted_qk, self.norm_plus_one = self.family.gguf_permuted_qk, self.family.gguf_norm_plus_one
         self.hf_config = self._hf_config()
 
     def field(self, key: str, default: Any = None) -> Any:
@@ -105,14 +101,8 @@ class GGUFCheckpoint:
         window = self._arch_field("attention.sliding_window")
         if window:
             cfg["sliding_window"] = int(window)
-        if self.model_type in ("gemma2", "gemma3_text"):
-            cfg["query_pre_attn_scalar"] = head_dim
-            cfg["hidden_activation"] = "gelu_pytorch_tanh"
-            for src, dst in (
-                ("attn_logit_softcapping", "attn_logit_softcapping"),
-                ("final_logit_softcapping", "final_logit_softcapping"),
-            ):
-                cfg[dst] = self._arch_field(src)
+        if self.family.gguf_config is not None:
+            cfg.update(self.family.gguf_config(self._arch_field, head_dim))
         return cfg
 
     def _hf_name(self, name: str) -> str | None:
@@ -121,11 +111,9 @@ class GGUFCheckpoint:
         if parts[0] == "blk":
             layer, kind = parts[1], ".".join(parts[2:])
             norms = _GEMMA_NORMS if self.norm_plus_one else _LLAMA_NORMS
-            hf = _LAYER_NAMES.get(kind) or norms.get(kind)
+            hf = self.family.gguf_tensor_names.get(kind) or _LAYER_NAMES.get(kind) or norms.get(kind)
             if hf is None:
                 return None
-            if self.model_type == "phi3" and kind == "ffn_up":
-                hf = "mlp.gate_up_proj"
             return f"model.layers.{layer}.{hf}.{suffix}"
         base = _GLOBAL_NAMES.get(stem)
         return f"{base}.{suffix}" if base else None

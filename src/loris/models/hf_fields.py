@@ -1,0 +1,106 @@
+"""Reading a transformers config into `ModelConfig` fields: the parts every family shares.
+
+A family's own parsing (`loris.models.families`) starts from `common_fields` and overrides what is
+particular to it; `ModelConfig.from_hf` picks the family and builds the dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class UnsupportedModelError(ValueError):
+    pass
+
+
+@dataclass
+class RopeConfig:
+    """One rotary embedding: the base and its scaling (HF `rope_parameters` for one layer type)."""
+
+    theta: float = 10000.0
+    rope_type: str = "default"  # default | linear | dynamic | llama3 | yarn | longrope
+    factor: float = 1.0
+    rotary_dim: int = 0  # 0 = the whole head
+    original_max_position_embeddings: int | None = None
+    low_freq_factor: float | None = None  # llama3
+    high_freq_factor: float | None = None  # llama3
+    beta_fast: float | None = None  # yarn
+    beta_slow: float | None = None  # yarn
+    mscale: float | None = None  # yarn
+    mscale_all_dim: float | None = None  # yarn
+    attention_factor: float | None = None  # yarn / longrope
+    truncate: bool = True  # yarn
+    short_factor: list[float] | None = None  # longrope
+    long_factor: list[float] | None = None  # longrope
+
+
+def rope_from_params(params: dict[str, Any] | None, head_dim: int) -> RopeConfig:
+    params = dict(params or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "su":  # old name of longrope (Phi-3)
+        rope_type = "longrope"
+    partial = params.get("partial_rotary_factor", 1.0)
+    rotary_dim = int(head_dim * partial)
+    return RopeConfig(
+        theta=float(params.get("rope_theta", 10000.0)),
+        rope_type=rope_type,
+        factor=float(params.get("factor", 1.0) or 1.0),
+        rotary_dim=rotary_dim if rotary_dim != head_dim else 0,
+        original_max_position_embeddings=params.get("original_max_position_embeddings"),
+        low_freq_factor=params.get("low_freq_factor"),
+        high_freq_factor=params.get("high_freq_factor"),
+        beta_fast=params.get("beta_fast"),
+        beta_slow=params.get("beta_slow"),
+        mscale=params.get("mscale"),
+        mscale_all_dim=params.get("mscale_all_dim"),
+        attention_factor=params.get("attention_factor"),
+        truncate=params.get("truncate", True),
+        short_factor=params.get("short_factor"),
+        long_factor=params.get("long_factor"),
+    )
+
+
+def head_dim_of(hf) -> int:
+    return getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+
+
+def _dtype_name(hf) -> str | None:
+    dt = getattr(hf, "dtype", None) or getattr(hf, "torch_dtype", None)
+    if dt is None:
+        return None
+    return str(dt).removeprefix("torch.")
+
+
+def common_fields(hf, **overrides: Any) -> dict[str, Any]:
+    head_dim = head_dim_of(hf)
+    fields: dict[str, Any] = dict(
+        model_type=hf.model_type,
+        vocab_size=hf.vocab_size,
+        hidden_size=hf.hidden_size,
+        intermediate_size=hf.intermediate_size,
+        num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
+        head_dim=head_dim,
+        max_position_embeddings=hf.max_position_embeddings,
+        rms_norm_eps=hf.rms_norm_eps,
+        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        rope=rope_from_params(getattr(hf, "rope_parameters", None), head_dim),
+        layer_types=list(getattr(hf, "layer_types", None) or []),
+        bos_token_id=getattr(hf, "bos_token_id", None),
+        eos_token_id=getattr(hf, "eos_token_id", None),
+        pad_token_id=getattr(hf, "pad_token_id", None),
+        torch_dtype=_dtype_name(hf),
+        hf_config=hf.to_dict(),
+    )
+    fields.update(overrides)
+    return fields
+
+
+def activation_of(name: str) -> str:
+    if name == "silu":
+        return "silu"
+    if name in ("gelu_pytorch_tanh", "gelu_tanh"):
+        return "gelu_tanh"
+    raise UnsupportedModelError(f"activation {name!r} is not supported (silu, gelu_pytorch_tanh are)")
