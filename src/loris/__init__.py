@@ -18,11 +18,15 @@ _LAZY = {
     "GRPOConfig": "loris.trainers.grpo",
     "GRPOTrainer": "loris.trainers.grpo",
     "SamplingParams": "loris.generation.params",
+    "DPOConfig": "loris.trainers.dpo",
+    "DPOTrainer": "loris.trainers.dpo",
+    "PatchDPOTrainer": "loris.trainers.dpo",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from loris.face import FastLanguageModel, FastModel, is_bfloat16_supported  # noqa: F401
     from loris.generation.params import SamplingParams  # noqa: F401
+    from loris.trainers.dpo import DPOConfig, DPOTrainer, PatchDPOTrainer  # noqa: F401
     from loris.trainers.grpo import GRPOConfig, GRPOTrainer  # noqa: F401
     from loris.trainers.sft import (  # noqa: F401
         SFTConfig,

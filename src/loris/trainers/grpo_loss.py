@@ -21,16 +21,49 @@ from torch.utils.checkpoint import checkpoint
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
-def _chunk_logps(model, h: torch.Tensor, targets: torch.Tensor, temperature: float):
+def _chunk_logps(model, h: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
     logits = model.logits_from_hidden(h).float()
     if temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, None
     with torch.no_grad():  # H = lse - Σ p·z, the sum as a batched dot product (no (c, vocab) product)
         probs = torch.softmax(logits, dim=-1)
         entropy = lse - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
     return logp, entropy
+
+
+def token_logps(
+    model,
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 128,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies, unless ``with_entropy=False``) of ``targets`` (N,) given the
+    final hidden states ``h`` (N, hidden) that predict them.
+
+    The LM head runs on ``chunk_size`` tokens at a time in fp32, and each chunk is recomputed in
+    backward (activation checkpointing), so at most one chunk of logits exists at any moment instead
+    of tokens × vocab. Callers pick the rows of ``h`` to score first (e.g. completion tokens only).
+    """
+    logps, ents = [], []
+    for start in range(0, h.shape[0], chunk_size):
+        hc, tc = h[start : start + chunk_size], targets[start : start + chunk_size]
+        if torch.is_grad_enabled() and hc.requires_grad:
+            lp, en = checkpoint(_chunk_logps, model, hc, tc, temperature, with_entropy, use_reentrant=False)
+        else:
+            lp, en = _chunk_logps(model, hc, tc, temperature, with_entropy)
+        logps.append(lp)
+        ents.append(en)
+    if not logps:
+        empty = h.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    return torch.cat(logps), (torch.cat(ents) if with_entropy else None)
 
 
 def completion_logps(
@@ -44,27 +77,21 @@ def completion_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies (rows, completion_len) of the last ``completion_len`` tokens.
 
-    Hidden states come from the model once; the LM head runs on ``chunk_size`` tokens at a time in
-    fp32, and each chunk is recomputed in backward (activation checkpointing), so at most one chunk
-    of logits exists at any moment instead of rows × length × vocab.
+    Hidden states come from the model once; `token_logps` applies the LM head in chunks.
     """
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     h = model.hidden_states(input_ids, attention_mask, positions)
     h = h[:, -completion_len - 1 : -1]
     targets = input_ids[:, -completion_len:]
     rows = h.shape[0]
-    flat_h = h.reshape(-1, h.shape[-1])
-    flat_t = targets.reshape(-1)
-    logps, ents = [], []
-    for start in range(0, flat_h.shape[0], chunk_size):
-        hc, tc = flat_h[start : start + chunk_size], flat_t[start : start + chunk_size]
-        if torch.is_grad_enabled() and hc.requires_grad:
-            lp, en = checkpoint(_chunk_logps, model, hc, tc, temperature, use_reentrant=False)
-        else:
-            lp, en = _chunk_logps(model, hc, tc, temperature)
-        logps.append(lp)
-        ents.append(en)
-    return torch.cat(logps).view(rows, -1), torch.cat(ents).view(rows, -1)
+    lp, en = token_logps(
+        model,
+        h.reshape(-1, h.shape[-1]),
+        targets.reshape(-1),
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
+    return lp.view(rows, -1), en.view(rows, -1)
 
 
 def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
