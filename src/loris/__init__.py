@@ -21,13 +21,22 @@ _LAZY = {
     "DPOConfig": "loris.trainers.dpo",
     "DPOTrainer": "loris.trainers.dpo",
     "PatchDPOTrainer": "loris.trainers.dpo",
+    "ORPOConfig": "loris.trainers.orpo",
+    "ORPOTrainer": "loris.trainers.orpo",
+    "CPOConfig": "loris.trainers.cpo",
+    "CPOTrainer": "loris.trainers.cpo",
+    "KTOConfig": "loris.trainers.kto",
+    "KTOTrainer": "loris.trainers.kto",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from loris.face import FastLanguageModel, FastModel, is_bfloat16_supported  # noqa: F401
     from loris.generation.params import SamplingParams  # noqa: F401
+    from loris.trainers.cpo import CPOConfig, CPOTrainer  # noqa: F401
     from loris.trainers.dpo import DPOConfig, DPOTrainer, PatchDPOTrainer  # noqa: F401
     from loris.trainers.grpo import GRPOConfig, GRPOTrainer  # noqa: F401
+    from loris.trainers.kto import KTOConfig, KTOTrainer  # noqa: F401
+    from loris.trainers.orpo import ORPOConfig, ORPOTrainer  # noqa: F401
     from loris.trainers.sft import (  # noqa: F401
         SFTConfig,
         SFTTrainer,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from loris.data._rows import column_names, filter_rows, map_rows
+from loris.data._rows import column, column_names, filter_rows, is_hf_dataset, map_rows
 
 PAIRED_COLUMNS = ("prompt", "chosen", "rejected")
 UNPAIRED_COLUMNS = ("prompt", "completion", "label")
@@ -193,6 +193,29 @@ def tokenize_unpaired(data: Any, tokenizer, spec: PreferenceSpec, trainer: str =
     return _drop_full_prompts(data, spec)
 
 
+def add_columns(data: Any, columns: dict[str, list[Any]]) -> Any:
+    """``data`` with these columns added (or replaced), in row order."""
+    if is_hf_dataset(data):
+        for name, values in columns.items():
+            if name in data.column_names:
+                data = data.remove_columns(name)
+            data = data.add_column(name, values)
+        return data
+    return [{**row, **{k: v[i] for k, v in columns.items()}} for i, row in enumerate(data)]
+
+
+def add_kl_completions(data: Any, group: int) -> Any:
+    """KTO's mismatched pairs, as TRL builds them: within each run of ``group`` rows (in dataset
+    order), row i gets the completion of row i-1 (the first gets the last one's) as
+    ``KL_completion_ids``. Fixed per row, so reference log-probs of the KL pairs can be precomputed."""
+    comps = column(data, "completion_ids")
+    kl: list[list[int]] = []
+    for start in range(0, len(comps), group):
+        chunk = comps[start : start + group]
+        kl.extend(chunk[-1:] + chunk[:-1])
+    return add_columns(data, {"KL_completion_ids": kl})
+
+
 # -------------------------------------------------------------------------------------------- collating
 def _pad(seqs: list[list[int]], value: int, multiple: int | None) -> torch.Tensor:
     width = max((len(s) for s in seqs), default=0)
@@ -244,9 +267,9 @@ class PreferenceCollator:
 
 @dataclass
 class UnpairedCollator:
-    """KTO rows → prompt+completion batch, plus (``with_kl``) the KL batch: each prompt with the
-    completion of the row before it in the micro-batch (rotated by one, as TRL pairs them), the
-    mismatched pairs whose log-ratio estimates the KL term."""
+    """KTO rows → prompt+completion batch, plus (``with_kl``) the KL batch: each prompt with a
+    mismatched completion (the row's ``KL_completion_ids``, else the previous row's in the batch),
+    whose log-ratio estimates the KL term."""
 
     pad_token_id: int
     max_length: int | None = None
@@ -258,7 +281,10 @@ class UnpairedCollator:
         completions = [r["completion_ids"] for r in rows]
         out = _sequences(prompts, completions, self.max_length, self.pad_token_id, self.pad_to_multiple_of)
         if self.with_kl:
-            rotated = completions[-1:] + completions[:-1]
+            if "KL_completion_ids" in rows[0]:
+                rotated = [r["KL_completion_ids"] for r in rows]
+            else:
+                rotated = completions[-1:] + completions[:-1]
             kl = _sequences(prompts, rotated, self.max_length, self.pad_token_id, self.pad_to_multiple_of)
             out.update({f"KL_{k}": v for k, v in kl.items()})
         out["label"] = torch.tensor([bool(r["label"]) for r in rows])

@@ -23,11 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from loris.data._rows import is_hf_dataset
+from loris.data._rows import column_names
 from loris.data.preference import (
     PreferenceCollator,
     PreferenceSpec,
     UnpairedCollator,
+    add_columns,
+    add_kl_completions,
     tokenize_pairs,
     tokenize_unpaired,
 )
@@ -123,16 +125,6 @@ def config_with_kwargs(config_cls: type, args: Any, kwargs: dict[str, Any], trai
     return dataclasses.replace(args, **moved) if moved else dataclasses.replace(args)
 
 
-def _add_columns(data: Any, columns: dict[str, list[float]]) -> Any:
-    if is_hf_dataset(data):
-        for name, values in columns.items():
-            if name in data.column_names:
-                data = data.remove_columns(name)
-            data = data.add_column(name, values)
-        return data
-    return [{**row, **{k: v[i] for k, v in columns.items()}} for i, row in enumerate(data)]
-
-
 class PreferenceTrainer(Trainer):
     """Shared machinery; see the module docstring. Subclasses set ``config_class``, ``paired``,
     ``uses_reference`` and write ``compute_loss`` (and ``_precompute_row`` if they use a reference)."""
@@ -219,7 +211,10 @@ class PreferenceTrainer(Trainer):
             return None
         if self.paired:
             return tokenize_pairs(data, self.processing_class, args.data_spec(), type(self).__name__)
-        return tokenize_unpaired(data, self.processing_class, args.data_spec(), type(self).__name__)
+        data = tokenize_unpaired(data, self.processing_class, args.data_spec(), type(self).__name__)
+        if self._with_kl(args) and "KL_completion_ids" not in column_names(data):
+            data = add_kl_completions(data, args.per_device_train_batch_size)
+        return data
 
     def count_loss_items(self, batch: dict[str, Any]) -> int:
         rows = int(batch["input_ids"].shape[0])
@@ -244,7 +239,7 @@ class PreferenceTrainer(Trainer):
             }
             for name, values in self._precompute_batch(batch).items():
                 columns.setdefault(name, []).extend(values.float().cpu().tolist())
-        return _add_columns(data, columns)
+        return add_columns(data, columns)
 
     def _precompute_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ref = self.reference_logps(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
