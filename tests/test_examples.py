@@ -256,3 +256,32 @@ def test_qwen3_grpo(saved_family, tmp_path, capsys):
     check_grpo_run(printed, out)
     assert "the saved LoRA is non-zero" in printed and "--- with the GRPO LoRA:" in printed
     assert "rewards/match_format_approximately/mean" in (out / "outputs" / "log.jsonl").read_text()
+
+
+PREFERENCE_ARGS = ["--max-steps", "2", "--max-new-tokens", "4"]
+
+
+def test_zephyr_dpo(saved_family, tmp_path, capsys):
+    specials = ["<|user|>", "<|assistant|>", "<|system|>"]
+    model = tiny_chat_model(saved_family, "llama", tmp_path / "model", specials, "zephyr")
+    out = tmp_path / "out"
+    run_script(EXAMPLES / "notebooks" / "zephyr_dpo.py",
+               ["--model", str(model), *PREFERENCE_ARGS, "--output-dir", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "seconds used for training" in printed and "'step': 2" in printed
+    assert "<|assistant|>" in printed  # the prompt went through Zephyr's chat template
+    log = (out / "outputs" / "log.jsonl").read_text()
+    assert all(k in log for k in ("rewards/chosen", "rewards/margins", "logps/rejected"))
+    assert (out / "lora_model" / "adapter_config.json").is_file()
+
+
+def test_llama3_orpo(saved_family, tmp_path, capsys):
+    model = chat_tiny_model(saved_family, tmp_path / "model")
+    out = tmp_path / "out"
+    run_script(EXAMPLES / "notebooks" / "llama3_orpo.py",
+               ["--model", str(model), *PREFERENCE_ARGS, "--output-dir", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "seconds used for training" in printed and "'step': 2" in printed
+    log = (out / "outputs" / "log.jsonl").read_text()
+    assert all(k in log for k in ("nll_loss", "log_odds_ratio", "rewards/accuracies"))
+    assert (out / "lora_model" / "adapter_config.json").is_file()

@@ -166,7 +166,11 @@ def add_export_parser(sub) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """`loris demo` (SFT on dates → ISO 8601) and `loris demo grpo`."""
+    """`loris demo` (SFT on dates → ISO 8601), `loris demo grpo` and `loris demo dpo`."""
+    if args.task == "dpo":
+        from loris.demos.dpo_demo import run_dpo_demo
+
+        return run_dpo_demo(args)
     if args.task == "grpo":
         from loris.demos.grpo_demo import run_grpo_demo
 
@@ -221,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="fine-tune SmolLM2-135M-Instruct (bundled) on a scored task and show before/after"
     )
-    demo.add_argument("task", nargs="?", default="sft", choices=["sft", "grpo"])
+    demo.add_argument("task", nargs="?", default="sft", choices=["sft", "grpo", "dpo"])
     demo.add_argument("--model", help="another model folder or .gguf file (default: the bundled SmolLM2)")
     demo.add_argument("--output-dir", default="loris-demo")
     demo.add_argument("--max-steps", type=int, default=None)

@@ -11,10 +11,12 @@ import random
 
 __all__ = [
     "alpaca_gpt4_sample",
+    "alpaca_preference_sample",
     "dapo_math_sample",
     "finetome_sample",
     "gsm8k_sample",
     "open_math_reasoning_sample",
+    "ultrafeedback_sample",
 ]
 
 _ITEMS = ["apples", "pencils", "marbles", "stickers", "books", "shells"]
@@ -102,4 +104,39 @@ def dapo_math_sample(n: int = 12, seed: int = 3407) -> list[dict]:
     for _ in range(n):
         a, b = rng.randint(2, 40), rng.randint(2, 9)
         rows.append({"prompt": f"What is {a} times {b}, minus {b}?", "solution": str(a * b - b)})
+    return rows
+
+
+def ultrafeedback_sample(n: int = 16, seed: int = 3407) -> list[dict]:
+    """HuggingFaceH4/ultrafeedback_binarized ("train_prefs"): ``prompt``, ``chosen`` and ``rejected``
+    (whole conversations: the user turn, then the answer), ``score_chosen`` and ``score_rejected``."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        if i % 2:
+            a, b = rng.randint(2, 50), rng.randint(2, 50)
+            prompt, good, bad = f"What is {a} + {b}?", f"{a} + {b} = {a + b}.", f"{a} + {b} = {a + b + 1}."
+        else:
+            prompt, good = _FACTS[i % len(_FACTS)]
+            bad = "I am not sure."
+        user = {"role": "user", "content": prompt}
+        rows.append({"prompt": prompt, "chosen": [user, {"role": "assistant", "content": good}],
+                     "rejected": [user, {"role": "assistant", "content": bad}],
+                     "score_chosen": 9.0, "score_rejected": 3.0})  # fmt: skip
+    return rows
+
+
+def alpaca_preference_sample(n: int = 16, seed: int = 3407) -> list[dict]:
+    """An Alpaca-format preference set as the ORPO notebook formats it: ``instruction``, ``input``,
+    ``accepted`` (the better answer) and ``rejected``."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        if i % 2:
+            a, b = rng.randint(2, 50), rng.randint(2, 50)
+            rows.append({"instruction": "Add the numbers.", "input": f"{a}, {b}", "accepted": str(a + b),
+                         "rejected": str(a + b - 1)})  # fmt: skip
+        else:
+            question, answer = _FACTS[i % len(_FACTS)]
+            rows.append({"instruction": question, "input": "", "accepted": answer, "rejected": "No idea."})
     return rows
