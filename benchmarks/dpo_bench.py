@@ -79,8 +79,9 @@ def dpo_loris(args, res):
     model, tok = FastLanguageModel.from_pretrained(
         args.ckpt, load_in_4bit=qlora, dtype=torch.bfloat16, max_seq_length=args.seq
     )
+    mode = {"true": True, "false": False}.get(args.checkpointing, args.checkpointing)
     model = FastLanguageModel.get_peft_model(
-        model, r=16, lora_alpha=16, target_modules=TARGETS, use_gradient_checkpointing=args.checkpointing
+        model, r=16, lora_alpha=16, target_modules=TARGETS, use_gradient_checkpointing=mode
     )
     times: list[float] = []
 
@@ -269,7 +270,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--pairs", type=int, default=2)
     p.add_argument("--seq", type=int, default=2048)
-    p.add_argument("--checkpointing", default="unsloth", help="loris' use_gradient_checkpointing")
+    p.add_argument(
+        "--checkpointing",
+        default="unsloth",
+        help="loris' use_gradient_checkpointing: unsloth, offload, auto, true, false",
+    )
     p.add_argument("--allow-cpu", action="store_true", help="smoke-test the loris side without a GPU")
     s = sub.add_parser("suite")
     s.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "dpo_bench.json"))
