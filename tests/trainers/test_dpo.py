@@ -86,3 +86,29 @@ def test_unsloth_notebook_spellings(saved_family, tmp_path):
     with pytest.raises(TypeError, match="unexpected arguments"):
         DPOTrainer(model, args=DPOConfig(output_dir=str(tmp_path)), train_dataset=pair_rows(2), tokenizer=tok,
                    betta=0.1)  # fmt: skip
+
+
+@pytest.mark.parametrize("load_in_4bit", [False, True], ids=["lora", "qlora"])
+def test_checkpointing_modes_give_the_same_step(saved_family, tmp_path, load_in_4bit):
+    """QLoRA and the checkpointing modes change memory, not numbers: a DPO step's loss and adapter
+    gradients are the same with per-block recompute, offloaded activations or neither."""
+    from preference_testing import lora_grads, randomize_adapter
+
+    from loris import FastLanguageModel
+
+    results = []
+    for gc in (False, True, "unsloth"):
+        model, tok = FastLanguageModel.from_pretrained(str(saved_family("llama")[1]), load_in_4bit=load_in_4bit,
+                                                       dtype=torch.float32, device_map="cpu")  # fmt: skip
+        model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, use_gradient_checkpointing=gc)
+        trainer = DPOTrainer(model, args=DPOConfig(output_dir=str(tmp_path)), train_dataset=pair_rows(4, seed=5),
+                             processing_class=tok)  # fmt: skip
+        randomize_adapter(model, seed=1)
+        model.train()
+        loss = trainer.compute_loss(model, trainer.data_collator(list(trainer.train_dataset)), 4)
+        loss.backward()
+        results.append((loss.detach(), lora_grads(model)))
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-6, atol=1e-6)
+        for k, g in grads.items():
+            torch.testing.assert_close(g, results[0][1][k], rtol=1e-5, atol=1e-7, msg=k)
