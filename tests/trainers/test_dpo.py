@@ -112,3 +112,18 @@ def test_checkpointing_modes_give_the_same_step(saved_family, tmp_path, load_in_
         torch.testing.assert_close(loss, results[0][0], rtol=1e-6, atol=1e-6)
         for k, g in grads.items():
             torch.testing.assert_close(g, results[0][1][k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_evaluation_logs_eval_metrics(saved_family, tmp_path):
+    model, tok = loris_lora(saved_family("llama")[1])
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, per_device_eval_batch_size=3,
+                     max_steps=2, logging_steps=1, eval_strategy="steps", eval_steps=2, save_strategy="no",
+                     disable_tqdm=True)  # fmt: skip
+    trainer = DPOTrainer(model, args=args, train_dataset=pair_rows(4, seed=1), eval_dataset=pair_rows(5, seed=2),
+                         processing_class=tok)  # fmt: skip
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert len(evals) == 1 and "eval_rewards/margins" in evals[0] and "rewards/margins" not in evals[0]
+    assert evals[0]["eval_loss"] == pytest.approx(0.6931, abs=0.05)  # 2 tiny steps: still near -log σ(0)
+    train_logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert all("eval_rewards/margins" not in e for e in train_logs)
