@@ -111,7 +111,14 @@ def test_cpo_and_simpo_match_trl(saved_family, tmp_path, cfg):
     pair_check(ours, theirs)
 
 
-KTO_METRICS = ("kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
+KTO_METRICS = (
+    "kl",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 @pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])

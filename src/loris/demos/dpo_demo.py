@@ -169,7 +169,7 @@ def run(s: DPODemoSettings) -> dict:
 
 def run_dpo_demo(args: argparse.Namespace) -> int:
     """Entry point for `loris demo dpo` (arguments from loris.cli: model, output_dir, max_steps, quick)."""
-    from loris.cli import smollm2_gguf_path
+    from loris.demos.assets import smollm2_gguf_path
 
     model = args.model or str(smollm2_gguf_path())
     output_dir = args.output_dir if args.output_dir != "loris-demo" else "loris-demo-dpo"

@@ -34,6 +34,7 @@ from loris.data.preference import (
     tokenize_unpaired,
 )
 from loris.lora import lora_modules
+from loris.models.state import model_state
 from loris.trainers.config import TrainingConfig
 from loris.trainers.loop import Trainer, TrainerCallback
 from loris.trainers.preference_ref import ReferencePolicy
@@ -152,6 +153,8 @@ class PreferenceTrainer(Trainer):
         name = type(self).__name__
         args = config_with_kwargs(self.config_class, args, kwargs, name)
         tok = processing_class if processing_class is not None else tokenizer
+        if tok is None:
+            tok = model_state(model).tokenizer
         if tok is None:
             raise ValueError(f"{name} needs the tokenizer: pass processing_class=tokenizer (or tokenizer=).")
         self.processing_class = tok
