@@ -7,6 +7,12 @@
 - ``trainer_state.json``: step, epoch, log history and the data position (epoch + next micro-batch);
 - ``training_config.yaml``: the settings it was trained with, for reading (resume uses the live config).
 A crash mid-write leaves only a ``.tmp-checkpoint-*`` folder, never a half checkpoint.
+
+Several processes (torchrun): with DDP every rank holds the same trainable weights and optimizer
+state, so rank 0 writes the files above and the others wait; such a checkpoint resumes on any number
+of ranks. A model sharded with FSDP2 holds DTensors: its trainable weights and optimizer state go
+through `torch.distributed.checkpoint` instead (``sharded/``, every rank writing its shards, see
+`checkpoint_dcp`), which loads on any number of ranks too, one process included.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from loris.distributed.env import barrier, is_main_process, on_main_process
 from loris.file_modes import as_if_created_tree
 
 WEIGHTS = "trainable.safetensors"
@@ -66,15 +73,36 @@ def save_checkpoint(
     config_yaml: str,
 ) -> Path:
     """Write a checkpoint to ``folder`` atomically (temp folder + rename); returns ``folder``."""
-    from safetensors.torch import save_file
+    from loris.distributed.wrap import is_sharded
+    from loris.trainers.checkpoint_dcp import SHARDED, save_sharded
 
     folder = Path(folder)
     tmp = folder.with_name(".tmp-" + folder.name)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    sharded = is_sharded(model)
+    main = is_main_process()
+    if main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    barrier()
+    if sharded:
+        save_sharded(tmp / SHARDED, model, optimizer)  # every rank writes its shards
+    if not main:
+        barrier()  # rank 0 finishes and renames
+        return folder
+    try:
+        _write_main_files(tmp, folder, model, optimizer, scheduler, trainer_state, config_yaml, sharded)
+    finally:
+        barrier()
+    return folder
+
+
+def _write_main_files(tmp, folder, model, optimizer, scheduler, trainer_state, config_yaml, sharded) -> None:
+    from safetensors.torch import save_file
+
+    if not sharded:
+        save_file(trainable_state(model), str(tmp / WEIGHTS))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng_state.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
@@ -87,7 +115,6 @@ def save_checkpoint(
         shutil.rmtree(old)
     else:
         tmp.rename(folder)
-    return folder
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -124,9 +151,19 @@ def load_checkpoint(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
     """Restore parameters, optimizer, scheduler and RNG from ``folder``; returns the trainer state."""
+    from loris.distributed.wrap import is_sharded
     from loris.models.weights_file import load_safetensors
+    from loris.trainers.checkpoint_dcp import SHARDED, load_sharded
 
     folder = Path(folder)
+    if (folder / SHARDED).is_dir():
+        load_sharded(folder / SHARDED, model, optimizer)
+        return _load_rest(folder, scheduler)
+    if is_sharded(model):
+        raise ValueError(
+            f"Checkpoint {folder!s} was written by an unsharded run; this model is sharded with FSDP2. Resume "
+            "it without fsdp (or with DDP), or restart the FSDP2 run from its own checkpoints."
+        )
     saved = load_safetensors(folder / WEIGHTS)
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
@@ -141,11 +178,16 @@ def load_checkpoint(
         for name, tensor in saved.items():
             params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    return _load_rest(folder, scheduler)
+
+
+def _load_rest(folder: Path, scheduler: Any) -> dict[str, Any]:
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(folder / "rng_state.pt", weights_only=True))
     return json.loads((folder / "trainer_state.json").read_text())
 
 
+@on_main_process
 def rotate_checkpoints(output_dir: str | Path, keep: int | None) -> None:
     """Delete the oldest checkpoints beyond ``keep``."""
     if keep is None:

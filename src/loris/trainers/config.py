@@ -79,6 +79,12 @@ class TrainingConfig:
     gradient_checkpointing_kwargs: dict[str, Any] | None = None
     disable_tqdm: bool = False
     remove_unused_columns: bool = True
+    # Several processes (torchrun / accelerate launch; see loris.trainers.parallel): transformers' names.
+    fsdp: str | list[str] | bool = ""
+    fsdp_config: dict[str, Any] | None = None
+    ddp_timeout: int = 1800
+    ddp_bucket_cap_mb: int | None = None
+    ddp_find_unused_parameters: bool | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -170,6 +176,12 @@ class TrainingConfig:
             self.dataloader_num_workers >= 0,
             f"dataloader_num_workers={self.dataloader_num_workers!r}: must be >= 0.",
         )
+        from loris.trainers.parallel import parse_fsdp
+
+        fsdp = parse_fsdp(self.fsdp, self.fsdp_config)  # errors name a word or key it does not know
+        if fsdp is not None and fsdp.activation_checkpointing:
+            self.gradient_checkpointing = True
+        need(self.ddp_timeout > 0, f"ddp_timeout={self.ddp_timeout!r}: seconds, must be > 0.")
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         self.report_to = [r for r in self.report_to if r != "none"]

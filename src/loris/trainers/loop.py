@@ -43,6 +43,7 @@ from loris.trainers.checkpoint import (
 )
 from loris.trainers.config import TrainingConfig
 from loris.trainers.optim import build_optimizer
+from loris.trainers.parallel import Ranks, setup_ranks
 from loris.trainers.plots import LOSS_PLOT, write_loss_plot
 from loris.trainers.progress import ProgressBar, wants_bar
 from loris.trainers.schedule import build_scheduler
@@ -154,6 +155,7 @@ class Trainer:
         self.state = TrainerState()
         self._warned: set[str] = set()
         self._bar = ProgressBar(0, enabled=False)
+        self._ranks = Ranks()  # this process alone until train() opens the process group (parallel.py)
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         if isinstance(callback, type):
@@ -169,7 +171,7 @@ class Trainer:
     def num_train_batches(self) -> int:
         """Micro-batches per epoch."""
         n, bs = len(self.train_dataset), self.args.per_device_train_batch_size
-        return n // bs if self.args.dataloader_drop_last else math.ceil(n / bs)
+        return self._ranks.num_batches(n, bs, self.args.dataloader_drop_last)
 
     def get_train_dataloader(self, epoch: int = 0, start_batch: int = 0) -> Iterable[dict[str, Any]]:
         """Micro-batches of ``epoch`` from index ``start_batch`` on (shuffled order, see module doc)."""
@@ -177,7 +179,9 @@ class Trainer:
             raise ValueError("Trainer.train() needs a train_dataset.")
         bs = self.args.per_device_train_batch_size
         order = epoch_order(len(self.train_dataset), self._data_seed, epoch)
-        batches = [order[i * bs : (i + 1) * bs] for i in range(start_batch, self.num_train_batches())]
+        batches = [
+            self._ranks.rows_of_batch(order, i, bs) for i in range(start_batch, self.num_train_batches())
+        ]
         return self._loader(self.train_dataset, batches, epoch)
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Iterable[dict[str, Any]]:
@@ -214,6 +218,7 @@ class Trainer:
         model = self.model
         model.train()
         self._enable_gradient_checkpointing(model)
+        self._ranks = setup_ranks(model, args)  # one process: a no-op; else DDP/FSDP2 (parallel.py)
 
         if self.train_dataset is not None and len(self.train_dataset) == 0:
             raise ValueError(
@@ -244,7 +249,7 @@ class Trainer:
             )
         self.state = TrainerState(
             max_steps=max_steps,
-            train_batch_size=args.per_device_train_batch_size,
+            train_batch_size=args.per_device_train_batch_size * self._ranks.world,
             num_train_batches=batches_per_epoch,
         )
         if resume:
@@ -260,7 +265,9 @@ class Trainer:
         start_step, run_losses = state.global_step, []
         batches = self._micro_batch_stream(batches_per_epoch)
         self.optimizer.zero_grad(set_to_none=True)  # nothing left over from an earlier backward
-        self._bar = ProgressBar(max_steps, state.global_step, wants_bar(args.disable_tqdm))
+        self._bar = ProgressBar(
+            max_steps, state.global_step, wants_bar(args.disable_tqdm) and self._ranks.is_main
+        )
         try:
             self._train_steps(model, batches, batches_per_epoch, max_steps, scaler, run_losses)
         finally:
@@ -276,12 +283,14 @@ class Trainer:
             "train_samples_per_second": done
             * args.per_device_train_batch_size
             * args.gradient_accumulation_steps
+            * self._ranks.world
             / max(runtime, 1e-9),
             "train_steps_per_second": done / max(runtime, 1e-9),
             "train_loss": training_loss,
             "epoch": state.epoch,
         }
-        write_loss_plot(state.log_history, Path(args.output_dir) / LOSS_PLOT, args.run_name or "")
+        if self._ranks.is_main:
+            write_loss_plot(state.log_history, Path(args.output_dir) / LOSS_PLOT, args.run_name or "")
         return TrainOutput(state.global_step, training_loss, metrics)
 
     def _train_steps(
@@ -376,9 +385,9 @@ class Trainer:
         bad = [
             n
             for n, p in self.model.named_parameters()
-            if p.requires_grad and not bool(torch.isfinite(p).all())
+            if p.requires_grad and not bool(torch.isfinite(getattr(p, "_local_tensor", p)).all())
         ]
-        if bad:
+        if self._ranks.any(bool(bad)):
             self._diverged(
                 f"After step {step} the weights hold NaN/inf ({', '.join(bad[:3])}"
                 f"{', ...' if len(bad) > 3 else ''}), so no checkpoint was written. Lower learning_rate "
@@ -418,27 +427,28 @@ class Trainer:
     ) -> tuple[float, int]:
         """Backward every micro-batch of one step; returns (the step's mean token loss, tokens seen)."""
         micro_batches = self.prepare_micro_batches(micro_batches)
-        n_items = sum(self.count_loss_items(b) for b in micro_batches)
+        n_items, divide_by = self._ranks.loss_normaliser(sum(self.count_loss_items(b) for b in micro_batches))
         if isinstance(n_items, int) and n_items == 0:
             self._warn_once(
                 "no-labels",
                 "An optimizer step had no label tokens (every label is -100): its loss is 0 and only weight "
                 "decay moves the weights. Check the response-only masks and max_length.",
             )
-            n_items = 1
+            divide_by = 1
         device = _device_of(model)
         total, tokens = None, 0
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             mask = batch.get("attention_mask")
             tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
             batch = {
                 k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
             }
-            with self._autocast(device):
-                loss = self.compute_loss(model, batch, n_items)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            with self._ranks.micro_batch(last=i == len(micro_batches) - 1):
+                with self._autocast(device):
+                    loss = self._ranks.forward(self.compute_loss, model, batch, divide_by)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
-        return float(total), tokens
+        return self._ranks.mean(float(total)), self._ranks.total(tokens)
 
     def _clip_gradients(self, scaler: Any) -> float:
         if scaler is not None:
@@ -447,7 +457,7 @@ class Trainer:
         if not params:
             return 0.0
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else math.inf
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return self._ranks.grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     # ------------------------------------------------------------------------------------ data stream
     @property
@@ -505,7 +515,9 @@ class Trainer:
                 n = self.count_loss_items(batch)
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 with self._autocast(device):
-                    total += float(self.compute_loss(model, batch, 1))  # a sum over the batch's tokens
+                    total += float(
+                        self._ranks.forward(self.compute_loss, model, batch, 1)
+                    )  # summed token loss
                 count += int(n)
         finally:
             model.train(was_training)
@@ -518,6 +530,10 @@ class Trainer:
         """Record ``logs`` at the current step: state.log_history, stdout and output_dir/log.jsonl."""
         entry = {**logs, "step": self.state.global_step}
         self.state.log_history.append(entry)
+        if not self._ranks.is_main:  # every rank keeps the history; rank 0 alone prints and writes it
+            for cb in self.callbacks:
+                cb.on_log(self.state, entry)
+            return
         self._bar.write(str({k: (round(v, 6) if isinstance(v, float) else v) for k, v in entry.items()}))
         path = Path(self.args.output_dir)
         path.mkdir(parents=True, exist_ok=True)
@@ -553,7 +569,7 @@ class Trainer:
             )
         self.state = saved
         log = Path(self.args.output_dir) / LOG_FILE
-        if log.is_file():  # drop lines written after the checkpoint by the run that is being redone
+        if self._ranks.is_main and log.is_file():  # drop lines the run being redone wrote after it
             kept = [
                 ln
                 for ln in log.read_text().splitlines()
