@@ -101,12 +101,12 @@ def is_main_process() -> bool:
 
 
 def local_device() -> torch.device:
-    """This rank's device: ``cuda:LOCAL_RANK`` when CUDA is visible, else the CPU."""
+    """This rank's device: ``cuda:LOCAL_RANK`` under a launcher, ``cuda`` alone, the CPU without CUDA."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
     info = launch_info()
     if not info.distributed:
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda")  # the current device, as a single process has always used
     if info.local_rank >= torch.cuda.device_count():
         raise RuntimeError(
             f"LOCAL_RANK={info.local_rank} but only {torch.cuda.device_count()} GPU(s) are visible: start at "
@@ -237,22 +237,52 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def on_main_process(fn: Callable[..., T]) -> Callable[..., T | None]:
-    """Run ``fn`` on rank 0 only (others return None), then wait for it on every rank: for writes to a
-    shared folder (adapters, exports, logs) that one process must make."""
+def on_main_process(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` on rank 0 only and hand its result to every rank: for writes to a shared folder
+    (adapters, exports, logs) and uploads that one process must make. The other ranks wait for it;
+    if it raises there, they raise `RankFailure` naming the error. Calls made from inside such a
+    function run directly (rank 0 is already alone). One process: just ``fn``."""
 
     @functools.wraps(fn)
-    def inner(*args: Any, **kwargs: Any) -> T | None:
-        if _IN_MAIN_ONLY.get():  # called from another rank-0-only function: rank 0 is already alone
+    def inner(*args: Any, **kwargs: Any) -> T:
+        if _IN_MAIN_ONLY.get() or not is_initialized():
             return fn(*args, **kwargs)
-        if not is_main_process():
-            barrier()
-            return None
-        token = _IN_MAIN_ONLY.set(True)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _IN_MAIN_ONLY.reset(token)
-            barrier()  # also when rank 0 failed: the others go on and fail at their next collective
+        box: list[Any] = [None]
+        failure: BaseException | None = None
+        if is_main_process():
+            token = _IN_MAIN_ONLY.set(True)
+            try:
+                result = fn(*args, **kwargs)
+                box[0] = ("ok", result if _picklable(result) else None)
+            except BaseException as exc:  # the others must hear of it, or they would wait forever
+                failure = exc
+                box[0] = ("error", f"{type(exc).__name__}: {exc}")
+            finally:
+                _IN_MAIN_ONLY.reset(token)
+        _broadcast_object(box, fn.__name__)
+        if failure is not None:
+            raise failure
+        status, value = box[0]
+        if status == "error":
+            raise RankFailure(f"rank {rank()}: {fn.__name__} failed on rank 0 ({value}).")
+        return result if is_main_process() else value
 
     return inner
+
+
+def _picklable(value: Any) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(value)
+    except Exception:  # noqa: BLE001 - any reason means: do not send it
+        return False
+    return True
+
+
+def _broadcast_object(box: list[Any], what: str) -> None:
+    @_named(f"broadcast of {what}'s result")
+    def send() -> None:
+        dist.broadcast_object_list(box, src=0, device=_collective_device())
+
+    send()

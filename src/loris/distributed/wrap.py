@@ -19,6 +19,7 @@ reduce-scatter after) needs.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -152,3 +153,25 @@ def gradient_sync(wrapped: nn.Module | None, sync: bool) -> Iterator[None]:
         return
     wrapped.set_requires_gradient_sync(False)  # FSDP2: stays off until the final micro-batch turns it on
     yield
+
+
+def export_on_main_process(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """For ``fn(model, ...)`` that writes or uploads ``model``: rank 0 runs it, the others wait (see
+    `loris.distributed.env.on_main_process`). A model sharded with FSDP2 cannot be written by one
+    rank; the error says how to export it instead."""
+    from loris.distributed.env import on_main_process
+
+    main_only = on_main_process(fn)
+
+    @functools.wraps(fn)
+    def inner(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if is_sharded(model):
+            raise ValueError(
+                f"{fn.__name__}: this model is sharded across ranks by FSDP2 (fsdp=...), so no rank holds its "
+                "weights. Save a training checkpoint (trainer.save_checkpoint(), or save_strategy), then load "
+                "it in ONE process (python, no torchrun) with resume_from_checkpoint and export from there; "
+                "or train LoRA with DDP (fsdp unset), whose exports work directly."
+            )
+        return main_only(model, *args, **kwargs)
+
+    return inner

@@ -11,6 +11,9 @@ so an artifact is written, checked and uploaded the same way whoever asks:
 * `upload`: a model card, then the folder to a Hub repo (`loris.export.hub`).
 
 `save` is write then check; `push` is write into a temporary folder, check, then upload.
+
+Under several processes (torchrun) each of `write`, `save` and `push` runs on rank 0 alone while the
+others wait, and every rank gets rank 0's result (`loris.distributed.env.on_main_process`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loris.distributed.wrap import export_on_main_process
 from loris.export import hub
 
 ARTIFACTS = ("lora", "merged_16bit", "merged_4bit_forced", "gguf")
@@ -40,6 +44,7 @@ class Written:
     kind: str
 
 
+@export_on_main_process
 def write(
     model,
     tokenizer: Any,
@@ -93,6 +98,7 @@ def check(model, tokenizer: Any, written: Sequence[Written]) -> None:
     validate_export(model, tokenizer, [(w.kind, w.path) for w in written])
 
 
+@export_on_main_process
 def save(model, tokenizer: Any, what: str, folder: str | Path, *, validate: bool = False, **kw: Any):
     """`write`, then `check` when ``validate``; returns what was written."""
     written = write(model, tokenizer, what, folder, **kw)
@@ -120,6 +126,7 @@ def upload(
     return hub.upload_folder(folder, repo_id, token, private, commit_message)
 
 
+@export_on_main_process
 def push(
     model,
     tokenizer: Any,

@@ -317,7 +317,9 @@ def pick_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.d
 
 def pick_device(device_map) -> torch.device:
     if device_map in (None, "auto", "sequential", "balanced"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from loris.distributed.env import local_device
+
+        return local_device()  # under torchrun/accelerate: this rank's GPU (cuda:LOCAL_RANK)
     if isinstance(device_map, dict):
         devices = set(device_map.values())
         if len(devices) != 1:

@@ -40,7 +40,9 @@ def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
 
     model_state, optim_state = get_state_dict(model, optimizer, options=_options())
     state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=str(folder))
+    from loris.distributed.env import is_initialized
+
+    dcp.load(state, checkpoint_id=str(folder), no_dist=not is_initialized())
     set_state_dict(
         model,
         optimizer,

@@ -41,6 +41,7 @@ from loris.trainers.grpo_loss import (
     grpo_loss,
     nanstd,
 )
+from loris.trainers.grpo_ranks import global_advantages, rank_completion_rows
 from loris.trainers.grpo_rewards import RewardFunc, reward_name, score
 from loris.trainers.loop import Trainer, TrainerCallback, epoch_order
 
@@ -203,8 +204,11 @@ def padded_completion_logps(
 class _Rollout:
     """One generation batch: tensors per completion row, cut into micro-batches on demand."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], gen_tokens: float, slices: int):
+    def __init__(
+        self, tensors: dict[str, torch.Tensor], gen_tokens: float, slices: int, rows: list[int] | None = None
+    ):
         self.tensors, self.gen_tokens, self.slices = tensors, gen_tokens, slices
+        self.rows = rows  # the generation batch's completion rows these are (grpo_ranks.py)
 
     def micro_batch(self, slot: int) -> dict[str, Any]:
         rows = self.tensors["completion_ids"].shape[0] // self.slices
@@ -277,14 +281,19 @@ class GRPOTrainer(Trainer):
     def _cycle(self) -> int:
         return self.args.steps_per_generation * self.args.num_iterations
 
+    @property
+    def _prompts_per_generation(self) -> int:
+        """Prompts of one generation batch over every rank (see grpo_ranks.py)."""
+        return self.args.prompts_per_generation * self._ranks.world
+
     def num_train_batches(self) -> int:
-        return (len(self.train_dataset) // self.args.prompts_per_generation) * self._cycle
+        return (len(self.train_dataset) // self._prompts_per_generation) * self._cycle
 
     def get_train_dataloader(self, epoch: int = 0, start_batch: int = 0):
         """Micro-batch descriptors: the prompt rows of their generation cycle and their slot in it."""
         if self.train_dataset is None:
             raise ValueError("GRPOTrainer.train() needs a train_dataset with a 'prompt' column.")
-        per = self.args.prompts_per_generation
+        per = self._prompts_per_generation
         order = epoch_order(len(self.train_dataset), self._data_seed, epoch)
         for i in range(start_batch, self.num_train_batches()):
             g, slot = divmod(i, self._cycle)
@@ -341,7 +350,15 @@ class GRPOTrainer(Trainer):
         prompt_ids = [self._prompt_ids(p) for p in prompts]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         eos = eos_ids(model, tok)
-        ids, mask = engine.left_pad(prompt_ids, pad)
+        ranks, total_rows = self._ranks, len(rows) * n
+        if ranks.world == 1:  # one shared prefill per prompt for its n completions
+            local, gen_n, gen_prompts = list(range(total_rows)), n, prompt_ids
+        else:  # this rank's rows of the generation batch, which may start or end mid-group
+            local = rank_completion_rows(
+                total_rows, args.per_device_train_batch_size, ranks.world, ranks.info.rank
+            )
+            gen_n, gen_prompts = 1, [prompt_ids[g // n] for g in local]
+        ids, mask = engine.left_pad(gen_prompts, pad)
         sampling = SamplingConfig(
             do_sample=True,
             temperature=args.temperature,
@@ -358,12 +375,13 @@ class GRPOTrainer(Trainer):
             model,
             ids,
             mask,
-            n=n,
+            n=gen_n,
             max_new_tokens=args.max_completion_length,
             sampling=sampling,
             eos_token_ids=eos,
             pad_token_id=pad,
             options=engine.EngineOptions(decode=args.generation_decode),
+            seed=self._generation_seed(),
         )
         sync()
         gen_time = time.perf_counter() - t0
@@ -380,21 +398,25 @@ class GRPOTrainer(Trainer):
         # Rewards, with every extra column repeated for each completion of its prompt.
         rows_ids = [c[:k] for c, k in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
         texts = [tok.decode(c, skip_special_tokens=True) for c in rows_ids]
-        rep_prompts = [p for p in prompts for _ in range(n)]
+        rep_prompts = [prompts[g // n] for g in local]
         if isinstance(prompts[0], list):
             completions: list[Any] = [[{"role": "assistant", "content": t}] for t in texts]
         else:
             completions = texts
         columns = {
-            k: [r[k] for r in data for _ in range(n)]
-            for k in data[0]
-            if k not in ("prompt", "completion_ids")
+            k: [data[g // n][k] for g in local] for k in data[0] if k not in ("prompt", "completion_ids")
         }
         per_func = score(self.reward_funcs, rep_prompts, completions, rows_ids, columns, self.state)
-        adv, total, _ = group_advantages(per_func, self.reward_weights, n, args.scale_rewards)
+        if ranks.world == 1:
+            adv, total, _ = group_advantages(per_func, self.reward_weights, n, args.scale_rewards)
+            all_rewards, all_adv = per_func, adv
+        else:
+            adv, all_rewards, total, all_adv = global_advantages(
+                per_func, local, total_rows, self.reward_weights, n, args.scale_rewards
+            )
 
-        prompt_rows = ids.to(device).repeat_interleave(n, 0)
-        prompt_mask = mask.to(device).repeat_interleave(n, 0)
+        prompt_rows = ids.to(device).repeat_interleave(gen_n, 0)
+        prompt_mask = mask.to(device).repeat_interleave(gen_n, 0)
         tensors = {
             "prompt_ids": prompt_rows,
             "prompt_mask": prompt_mask,
@@ -417,9 +439,24 @@ class GRPOTrainer(Trainer):
             finally:
                 model.train(was)
 
-        self._record_rollout(per_func, total, adv, lengths, truncated, gen_time, texts, rep_prompts)
-        gen_tokens = float(completion_mask.sum())
-        return _Rollout(tensors, gen_tokens, args.steps_per_generation)
+        # reward metrics over the whole generation batch; the completions log shows this rank's rows
+        mine = total if ranks.world == 1 else total[torch.tensor(local)]
+        self._record_rollout(
+            all_rewards, total, all_adv, lengths, truncated, gen_time, texts, rep_prompts, mine
+        )
+        # dapo divides by the batch's completion tokens: every rank's, shared out (ranks average gradients)
+        gen_tokens = ranks.total(float(completion_mask.sum())) / ranks.world
+        return _Rollout(tensors, gen_tokens, args.steps_per_generation, local)
+
+    def _generation_seed(self) -> int | None:
+        """None in one process (the global generator samples, as always); with several ranks a seed
+        per (run seed, data position, rank), so ranks sharing a prompt draw different completions."""
+        if self._ranks.world == 1:
+            return None
+        s = self.state
+        return (
+            self.args.seed * 1_000_003 + s.data_epoch * 10_007 + s.data_batch
+        ) * 1024 + self._ranks.info.rank
 
     @property
     def _pad_id(self) -> int:
@@ -457,6 +494,7 @@ class GRPOTrainer(Trainer):
         logps, entropy = self._logps(
             model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"]
         )
+        cmask = batch["completion_mask"]
         settings = LossSettings(
             loss_type=args.loss_type,
             epsilon=args.epsilon,
@@ -466,7 +504,8 @@ class GRPOTrainer(Trainer):
             grad_accum=batch["grad_accum"],
             steps_per_generation=args.steps_per_generation,
         )
-        cmask = batch["completion_mask"]
+        if self._ranks.world > 1 and args.loss_type == "bnpo":  # the micro-batch's tokens on every rank
+            settings.micro_batch_tokens = self._ranks.total(float(cmask.sum())) / self._ranks.world
         loss, metrics = grpo_loss(
             logps,
             batch.get("old_logps"),
@@ -482,7 +521,9 @@ class GRPOTrainer(Trainer):
         return loss
 
     # -------------------------------------------------------------------------------------- logging
-    def _record_rollout(self, per_func, total, adv, lengths, truncated, gen_time, texts, prompts) -> None:
+    def _record_rollout(
+        self, per_func, total, adv, lengths, truncated, gen_time, texts, prompts, mine
+    ) -> None:
         m = self._metrics
         for j, f in enumerate(self.reward_funcs):
             col = per_func[:, j]
@@ -500,7 +541,7 @@ class GRPOTrainer(Trainer):
         if self.args.log_completions:
             self._completions_log = [
                 {"prompt": p, "completion": c, "reward": float(r)}
-                for p, c, r in zip(prompts, texts, total.tolist(), strict=True)
+                for p, c, r in zip(prompts, texts, mine.tolist(), strict=True)
             ]
 
     def log(self, logs: dict[str, float]) -> None:
@@ -519,7 +560,15 @@ class GRPOTrainer(Trainer):
         super().log(logs)
 
     def train(self, resume_from_checkpoint: bool | str | None = None):
+        from loris.distributed.env import launched
         from loris.generation.engine import release_decode_steps
+        from loris.trainers.parallel import parse_fsdp
+
+        if launched() and parse_fsdp(self.args.fsdp, self.args.fsdp_config) is not None:
+            raise ValueError(
+                "GRPO with fsdp is not supported yet (rollouts would all-gather every block per decoded "
+                "token): leave fsdp unset to train the adapters with DDP, one full model copy per GPU."
+            )
 
         self._window_start = time.perf_counter()
         try:

@@ -137,6 +137,7 @@ class LossSettings:
     max_completion_length: int = 256
     grad_accum: int = 1  # micro-batches in this optimizer step
     steps_per_generation: int = 1
+    micro_batch_tokens: float | None = None  # bnpo's count when ranks share the micro-batch (grpo_ranks.py)
 
 
 def grpo_loss(
@@ -167,7 +168,10 @@ def grpo_loss(
     if s.loss_type == "grpo":
         loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / s.grad_accum
     elif s.loss_type == "bnpo":
-        loss = masked.sum() / mask.sum().clamp(min=1.0) / s.grad_accum
+        tokens = (
+            mask.sum().clamp(min=1.0) if s.micro_batch_tokens is None else max(s.micro_batch_tokens, 1e-9)
+        )
+        loss = masked.sum() / tokens / s.grad_accum
     elif s.loss_type == "dr_grpo":
         loss = masked.sum() / (per_token.shape[0] * s.max_completion_length) / s.grad_accum
     elif s.loss_type == "dapo":
