@@ -208,7 +208,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{args.config}: valid ({'LoRA' if recipe.lora else 'full fine-tuning'} on {recipe.model.name_or_path})"
         )
         return 0
-    result = run_recipe(recipe)
+    from loris.distributed import env
+
+    if args.nproc is not None and not env.launched():
+        return _launch_torchrun(args)
+    try:
+        result = run_recipe(recipe)
+    finally:
+        env.shutdown()
+    if not env.is_main_process():
+        return 0
     metrics = result["metrics"]
     print(
         f"trained {result['global_step']} steps in {metrics['train_runtime']:.1f}s, "
@@ -217,6 +226,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     for what, folder in result["saved"].items():
         print(f"  {what}: {folder}")
     return 0
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """Run this same ``loris train`` under torchrun, one process per GPU (or CPU process), and wait."""
+    import subprocess
+
+    from loris.distributed.launch import LaunchPlan, strip_launch_flags, torchrun_command
+
+    plan = LaunchPlan(args.nproc, args.nnodes, args.rdzv_endpoint, args.rdzv_id)
+    cmd = torchrun_command(plan, strip_launch_flags(args.argv))
+    print("launching:", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, check=False).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,12 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--check", action="store_true", help="validate the config and exit")
     train.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     train.add_argument("--output-dir", default=None, help="override train.output_dir")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="start this many processes per machine with torchrun (one per GPU)",
+    )
+    train.add_argument("--nnodes", type=int, default=1, help="machines taking part (torchrun --nnodes)")
+    train.add_argument(
+        "--rdzv-endpoint", default=None, help="HOST:PORT every machine meets at (torchrun, several machines)"
+    )
+    train.add_argument(
+        "--rdzv-id", default="loris", help="run id shared by the machines (torchrun --rdzv-id)"
+    )
     train.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return args.func(args)
 
 
