@@ -218,7 +218,8 @@ class Trainer:
         model = self.model
         model.train()
         self._enable_gradient_checkpointing(model)
-        self._ranks = setup_ranks(model, args)  # one process: a no-op; else DDP/FSDP2 (parallel.py)
+        if self._ranks.wrapped is None:  # a second train() keeps the first one's DDP/FSDP2 wrapper
+            self._ranks = setup_ranks(model, args)  # one process: a no-op; else DDP/FSDP2 (parallel.py)
 
         if self.train_dataset is not None and len(self.train_dataset) == 0:
             raise ValueError(
