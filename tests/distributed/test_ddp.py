@@ -57,3 +57,13 @@ def test_ddp_with_gradient_checkpointing(saved_family, tmp_path, mode):
     one = _single(folder, ROWS, tmp_path / "one", "lora", {**common, "per_device_train_batch_size": 4})
     many = _ranks(folder, ROWS, tmp_path / "two", "lora", {**common, "per_device_train_batch_size": 2})
     assert_same_run(one, many)
+
+
+@pytest.mark.slow
+def test_ddp_qlora(saved_family, tmp_path):
+    """NF4 base (buffers, never broadcast by DDP) with LoRA adapters: 2 ranks equal 1 rank."""
+    folder = saved_family("llama")[1]
+    common = dict(max_steps=2, learning_rate=1.0)
+    one = _single(folder, ROWS, tmp_path / "one", "qlora", {**common, "per_device_train_batch_size": 4})
+    many = _ranks(folder, ROWS, tmp_path / "two", "qlora", {**common, "per_device_train_batch_size": 2})
+    assert_same_run(one, many, rtol=1e-4, atol=1e-5)

@@ -58,3 +58,30 @@ def test_loris_train_nproc_2_writes_one_adapter(saved_family, tmp_path, monkeypa
     logs = [json.loads(x) for x in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in logs] == [1, 2]  # rank 0 alone writes the log
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".adapter")]  # no temp folder left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_an_unchanged_script_runs_under_a_launcher(launcher, saved_family, tmp_path):
+    """A script written for one GPU, launched on 2 CPU processes: it trains and rank 0 saves the adapter."""
+    import subprocess
+
+    script = os.path.join(os.path.dirname(__file__), "unsloth_style_train.py")
+    folder, out = str(saved_family("llama")[1]), str(tmp_path / "out")
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    else:
+        pytest.importorskip("accelerate")
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={free_port()}"]  # fmt: skip
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    done = subprocess.run([*cmd, script, folder, out], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "lora" / "adapter_model.safetensors").is_file()
+    logs = [json.loads(x) for x in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logs] == [1, 2]

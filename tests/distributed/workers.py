@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 
-def lora_model(folder: str, gradient_checkpointing: bool | str = False):
+def lora_model(folder: str, gradient_checkpointing: bool | str = False, load_in_4bit: bool = False):
     from loris import FastLanguageModel
 
     model, tok = FastLanguageModel.from_pretrained(
-        folder, load_in_4bit=False, dtype=torch.float32, device_map="cpu"
+        folder, load_in_4bit=load_in_4bit, dtype=torch.float32, device_map="cpu"
     )
     model = FastLanguageModel.get_peft_model(
         model, r=8, lora_alpha=16, use_gradient_checkpointing=gradient_checkpointing
@@ -60,7 +60,7 @@ def sft_train(folder: str, rows: list, out: str, kind: str, settings: dict, resu
     settings = dict(settings)
     gc = settings.pop("use_gradient_checkpointing", False)
     stop_at = settings.pop("stop_at", None)
-    model, tok = lora_model(folder, gc) if kind == "lora" else full_model(folder)
+    model, tok = lora_model(folder, gc, kind == "qlora") if kind != "full" else full_model(folder)
     rec = Stop(stop_at)
     base = dict(output_dir=out, logging_steps=1, save_strategy="no", disable_tqdm=True, optim="sgd",
                 max_grad_norm=0.0, lr_scheduler_type="constant")  # fmt: skip

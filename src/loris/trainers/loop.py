@@ -386,7 +386,8 @@ class Trainer:
         bad = [
             n
             for n, p in self.model.named_parameters()
-            if p.requires_grad and not bool(torch.isfinite(getattr(p, "_local_tensor", p)).all())
+            if p.requires_grad
+            and not bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
         ]
         if self._ranks.any(bool(bad)):
             self._diverged(
