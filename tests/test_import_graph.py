@@ -37,6 +37,11 @@ FORBIDDEN = [
     ("loris.export", "loris.trainers"),
     ("loris.lora", "loris.export"),
     ("loris.peft_format", "loris.export"),
+    # distributed/ (process group, DDP/FSDP2 wrappers, torchrun command) needs torch alone
+    *[
+        ("loris.distributed", f"loris.{up}")
+        for up in ("models", "trainers", "export", "face", "generation", "data", "lora", "quant", "api")
+    ],
 ]
 # The command line, recipes and demos sit on top: nothing in the library imports them.
 TOP = ("loris.cli", "loris.chat_cli", "loris.train_recipe", "loris.demos")
