@@ -126,7 +126,10 @@ def shard_fsdp2(model: nn.Module, settings: ShardSettings) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    """True when ``model`` holds DTensor parameters (it was sharded with FSDP2)."""
+    """True when ``model`` holds DTensor parameters (it was sharded with FSDP2); False for anything
+    that is not a module."""
+    if not isinstance(model, nn.Module):
+        return False
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
