@@ -76,6 +76,40 @@ SHAPES = {
         final_logit_softcapping=30.0,
         max_position_embeddings=8192,
     ),
+    # Qwen3-30B-A3B's layer (128 experts, top-8, expert width 768, GQA 32/4, head_dim 128) with 12 of
+    # its 48 layers, so the bf16 checkpoint (~15 GB) fits the GPU hosts' disks; per-layer work equals
+    # the real model's, so tokens/s scale by 12/48 to the full depth.
+    "qwen3-30b-a3b-12l": dict(
+        family="qwen3_moe",
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        norm_topk_prob=True,
+        num_hidden_layers=12,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        tie_word_embeddings=False,
+        rope_theta=1000000.0,
+        max_position_embeddings=40960,
+    ),
+    "moe-tiny": dict(
+        family="qwen3_moe",
+        hidden_size=256,
+        intermediate_size=512,
+        moe_intermediate_size=128,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        tie_word_embeddings=True,
+    ),
     "tiny": dict(
         hidden_size=256,
         intermediate_size=512,
@@ -90,6 +124,10 @@ SETTINGS = {
     "lora": dict(shape="1b", qlora=False, batch=4, seq=2048),
     "qlora": dict(shape="8b", qlora=True, batch=2, seq=2048),
     "smoke": dict(shape="tiny", qlora=False, batch=2, seq=128),
+    # Mixture of Experts (Qwen3-30B-A3B layers): LoRA on attention and on every expert
+    "moe-qlora": dict(shape="qwen3-30b-a3b-12l", qlora=True, batch=2, seq=2048),
+    "moe-lora": dict(shape="qwen3-30b-a3b-12l", qlora=False, batch=2, seq=2048),
+    "moe-smoke": dict(shape="moe-tiny", qlora=False, batch=2, seq=128),
     "qwen3": dict(shape="qwen3-1.7b", qlora=False, batch=4, seq=2048),
     "gemma2": dict(shape="gemma2-2b", qlora=False, batch=4, seq=2048),
     # batch 1, the longest sequence that trains: doubling from 16k, then bisection to 4k tokens
@@ -133,7 +171,10 @@ def make_checkpoint(shape: str, out: Path) -> None:
         )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+        if family == "qwen3_moe":  # built in bf16 directly: 30B-A3B layers in fp32 would not fit
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        else:
+            model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
     model.save_pretrained(out, max_shard_size="5GB")
     del model
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"]
@@ -457,7 +498,11 @@ def flops_per_token(shape: str, seq: int) -> float:
     vocab = c.get("vocab_size", VOCAB)
     q = c["num_attention_heads"] * c["head_dim"]
     kv = c["num_key_value_heads"] * c["head_dim"]
-    per_layer = h * (q + 2 * kv) + q * h + 3 * h * inter
+    if "num_experts" in c:  # the experts a token is routed to, and the router
+        mlp = 3 * h * c["moe_intermediate_size"] * c["num_experts_per_tok"] + h * c["num_experts"]
+    else:
+        mlp = 3 * h * inter
+    per_layer = h * (q + 2 * kv) + q * h + mlp
     n = layers * per_layer + h * vocab
     return 4 * n + 6 * seq * q * layers
 

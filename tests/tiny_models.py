@@ -153,3 +153,68 @@ def save_bpe_llama(folder, chat_template: str | None = None):
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+# Families loris has no native implementation for (they run on the generic path), each with the
+# config quirks that change its math: Granite's four multipliers, Cohere's logit scale and parallel
+# block, OLMo 2's post-norms and q/k norms over the whole projection.
+GENERIC_FAMILIES: dict[str, dict] = {
+    "granite": dict(
+        model_type="granite",
+        logits_scaling=4.0,
+        embedding_multiplier=2.0,
+        residual_multiplier=0.5,
+        attention_multiplier=0.2,
+    ),
+    "olmo2": dict(model_type="olmo2"),
+    "cohere": dict(model_type="cohere", logit_scale=0.5),
+    "smollm3": dict(model_type="smollm3", no_rope_layer_interval=2),
+    "stablelm": dict(model_type="stablelm", partial_rotary_factor=0.5, use_qkv_bias=True),
+}
+
+
+def make_generic_model(family: str, seed: int = 0):
+    """A random transformers model of a family on loris' generic path (norm weights randomised)."""
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    kw = {**BASE, **GENERIC_FAMILIES[family]}
+    model_type = kw.pop("model_type")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(CONFIG_MAPPING[model_type](**kw), dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.normal_(1.0, 0.3)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    return model.eval()
+
+
+# Qwen3-MoE: 4 experts, top-2, a transformers-style load-balancing loss switched on; the router
+# weights are randomised wider than init so tokens spread over the experts.
+QWEN3_MOE = dict(
+    model_type="qwen3_moe",
+    moe_intermediate_size=32,
+    num_experts=4,
+    num_experts_per_tok=2,
+    norm_topk_prob=True,
+    output_router_logits=True,
+    router_aux_loss_coef=0.1,
+)
+
+
+def make_moe_model(seed: int = 0, **overrides):
+    """A random transformers Qwen3-MoE (norm and router weights randomised)."""
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    kw = {**BASE, **QWEN3_MOE, **overrides}
+    model_type = kw.pop("model_type")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(CONFIG_MAPPING[model_type](**kw), dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.3)
+            elif name.endswith("mlp.gate.weight"):
+                p.normal_(0.0, 0.5)
+    return model.eval()

@@ -20,6 +20,7 @@ from torch import nn
 
 from loris.kernels import kernels_disabled
 from loris.kernels.activations import ACTIVATION_IDS
+from loris.kernels.grouped_linear import grouped_linear
 from loris.kernels.lora_fused import lora_mlp, lora_packed, lora_projections, memo_on
 from loris.models.packing import packed_view
 from loris.quant import QuantizedLinear
@@ -44,6 +45,8 @@ class LoraConfig:
     init_lora_weights: bool | str = True
     layers_to_transform: list[int] | None = None
     random_state: int = 3407
+    known_modules: tuple[str, ...] = field(default=PROJECTIONS, repr=False)
+    """The names ``target_modules`` may hold: loris' projections, or a generic model's linear layers."""
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int):
@@ -79,7 +82,7 @@ class LoraConfig:
 
 def _normalise_targets(targets, cfg: LoraConfig) -> list[str]:
     if targets in ("all-linear", "all_linear", None):
-        return list(PROJECTIONS)
+        return list(cfg.known_modules)
     if isinstance(targets, str):
         targets = [targets]
     out = []
@@ -87,13 +90,13 @@ def _normalise_targets(targets, cfg: LoraConfig) -> list[str]:
         if t in SAVABLE_MODULES:  # Unsloth moves these to modules_to_save
             cfg.modules_to_save = [*(cfg.modules_to_save or []), t]
             continue
-        if t not in PROJECTIONS:
+        if t not in cfg.known_modules:
             raise ValueError(
-                f"unknown target module {t!r}; valid: {', '.join(PROJECTIONS)} (or embed_tokens, lm_head)"
+                f"unknown target module {t!r}; valid: {', '.join(cfg.known_modules)} (or embed_tokens, lm_head)"
             )
         out.append(t)
     if not out and not cfg.modules_to_save:
-        raise ValueError("target_modules is empty: name at least one of " + ", ".join(PROJECTIONS))
+        raise ValueError("target_modules is empty: name at least one of " + ", ".join(cfg.known_modules))
     return list(dict.fromkeys(out))
 
 
@@ -275,6 +278,52 @@ class LoraLinear(nn.Module):
         return f"r={self.r}, scaling={self.scaling:g}, dropout={self.dropout}"
 
 
+class ExpertLora(nn.Module):
+    """Trainable low-rank updates for every expert of one stacked weight (experts, out, in), in fp32."""
+
+    def __init__(
+        self, experts: int, in_features: int, out_features: int, r: int, scaling: float, device=None
+    ):
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.empty(experts, r, in_features, device=device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(experts, out_features, r, device=device, dtype=torch.float32))
+        self.r, self.scaling = r, scaling
+        self.disabled = False
+        self.merged = False
+
+    def reset_parameters(self, init: bool | str = True) -> None:
+        """PEFT's initialisation of its (r·experts, in) ``lora_A``: Kaiming-uniform over the input
+        dimension (every expert alike), B zero; ``False`` randomises B too, ``"gaussian"`` A normal."""
+        with torch.no_grad():
+            if init == "gaussian":
+                nn.init.normal_(self.lora_A, std=1.0 / self.r)
+            else:
+                bound = 1.0 / math.sqrt(self.lora_A.shape[-1])  # kaiming_uniform_(a=sqrt(5)) on fan_in
+                nn.init.uniform_(self.lora_A, -bound, bound)
+            if init is False:
+                nn.init.normal_(self.lora_B, std=0.02)
+            else:
+                self.lora_B.zero_()
+
+    @property
+    def active(self) -> bool:
+        return not (self.disabled or self.merged)
+
+    def delta_weight(self) -> torch.Tensor:
+        """(experts, out, in): the update each expert's weight receives."""
+        return torch.bmm(self.lora_B, self.lora_A) * self.scaling
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """The update for rows ``x`` sorted by expert (``offsets``: cumulative row ends, int32)."""
+
+        dtype = x.dtype if x.is_cuda else self.lora_A.dtype
+        h = grouped_linear(x.to(dtype), self.lora_A.to(dtype), offsets)
+        return grouped_linear(h, self.lora_B.to(dtype), offsets) * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"experts={self.lora_A.shape[0]}, r={self.r}, scaling={self.scaling:g}"
+
+
 def _features(base: nn.Module) -> tuple[int, int]:
     return int(base.in_features), int(base.out_features)
 
@@ -308,7 +357,10 @@ def inject_lora(model, cfg: LoraConfig) -> None:
         for i, block in enumerate(model.layers):
             if layers is not None and i not in layers:
                 continue
-            for parent in (block.self_attn, block.mlp):
+            # On a Mixture-of-Experts model gate/up/down name the experts' stacked weights, as PEFT
+            # reads them there (loris.models.moe.inject_expert_lora); its few dense MLPs stay frozen.
+            parents = (block.self_attn,) if model.config.moe is not None else (block.self_attn, block.mlp)
+            for parent in parents:
                 for name in cfg.target_modules:
                     base = getattr(parent, name, None)
                     if base is None:
@@ -331,10 +383,16 @@ def _make_trainable_module(model, name: str) -> None:
     module.weight = nn.Parameter(module.weight.detach().float(), requires_grad=True)
 
 
+def expert_lora_modules(model: nn.Module) -> Iterator[tuple[str, ExpertLora]]:
+    for name, module in model.named_modules():
+        if isinstance(module, ExpertLora):
+            yield name, module
+
+
 @contextlib.contextmanager
 def adapters_disabled(model) -> Iterator[None]:
     """Run the base model (e.g. the reference policy in GRPO) without a second copy of the weights."""
-    mods = [m for _, m in lora_modules(model)]
+    mods = [m for _, m in lora_modules(model)] + [m for _, m in expert_lora_modules(model)]
     previous = [m.disabled for m in mods]
     for m in mods:
         m.disabled = True

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from loris.file_modes import as_if_created_tree
-from loris.lora import LoraConfig, LoraLinear, lora_modules
+from loris.lora import PROJECTIONS, ExpertLora, LoraConfig, LoraLinear, expert_lora_modules, lora_modules
 from loris.models.families import NameMapper, Split
 from loris.models.state import model_state
 
@@ -84,7 +84,52 @@ def adapter_state_dict(model) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         hf_name = mapper.to_hf(f"{module}.weight")
         tensors[PEFT_PREFIX + hf_name] = getattr(model, module).weight.detach()
     extra = {"target_modules": sorted(targets), "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern}
+    parameters = _expert_tensors(model, mapper, tensors, rank_pattern, alpha_pattern)
+    if parameters:
+        extra["target_parameters"] = parameters
     return {k: v.contiguous() for k, v in tensors.items()}, extra
+
+
+# PEFT adapts a stacked expert weight with ``target_parameters``: a ParamWrapper around the experts
+# module, lora_A (r·E, in) and lora_B (out, r·E), expert e's pair being A.view(E, r, in)[e] and
+# B.view(out, r, E)[..., e]. Two targeted weights of one module nest: the weight registered first
+# (gate_up_proj) is wrapped first, so its keys carry an extra ``base_layer.``.
+_EXPERT_PARAMS = {"gate_up_lora": "gate_up_proj", "down_lora": "down_proj"}
+
+
+def _expert_keys(experts_module: str, slots: set[str]) -> dict[str, str]:
+    """PEFT key prefix of each adapted expert weight of one experts module."""
+    nested = len(slots) == 2
+    return {
+        slot: f"{PEFT_PREFIX}{experts_module}." + ("base_layer." if nested and slot == "gate_up_lora" else "")
+        for slot in slots
+    }
+
+
+def _expert_tensors(
+    model, mapper: NameMapper, tensors: dict[str, torch.Tensor], rank_pattern: dict, alpha_pattern: dict
+) -> list[str]:
+    """Add the expert adapters in PEFT's layout; returns the ``target_parameters`` they need. An
+    adapter of another rank than ``r`` (the fused gate/up one, rank 2r) gets PEFT's pattern entries."""
+    cfg: LoraConfig = model_state(model).peft_config
+    by_module: dict[str, dict[str, ExpertLora]] = {}
+    for name, mod in expert_lora_modules(model):
+        parent, _, slot = name.rpartition(".")
+        by_module.setdefault(parent, {})[slot] = mod
+    params: set[str] = set()
+    for parent, slots in by_module.items():
+        hf_module = mapper.to_hf(parent + ".gate_up_proj").removesuffix(".gate_up_proj")
+        for slot, prefix in _expert_keys(hf_module, set(slots)).items():
+            mod = slots[slot]
+            e, r, in_f = mod.lora_A.shape
+            tensors[prefix + "lora_A.weight"] = mod.lora_A.detach().reshape(e * r, in_f)
+            tensors[prefix + "lora_B.weight"] = mod.lora_B.detach().permute(1, 2, 0).reshape(-1, r * e)
+            params.add("mlp.experts." + _EXPERT_PARAMS[slot])
+            if r != cfg.r:
+                key = ".*\\." + _EXPERT_PARAMS[slot]
+                rank_pattern[key] = r
+                alpha_pattern[key] = cfg.lora_alpha * r / cfg.r
+    return sorted(params)
 
 
 def peft_config_dict(model, extra: dict[str, Any]) -> dict[str, Any]:
@@ -149,30 +194,40 @@ def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def lora_config_from_peft(cfg: dict[str, Any]) -> LoraConfig:
+def lora_config_from_peft(cfg: dict[str, Any], known_modules: tuple[str, ...] = PROJECTIONS) -> LoraConfig:
+    """loris' settings for a PEFT adapter config; ``known_modules``: the target names the model has
+    (a generic model's own linear layers; fused names split only where the model has no such layer)."""
     targets = cfg.get("target_modules") or []
     if isinstance(targets, str):
         targets = [targets] if targets not in ("all-linear",) else "all-linear"
     expanded: list[str] = []
     for t in targets if isinstance(targets, list) else []:
         short = t.rsplit(".", 1)[-1]
-        if short == "qkv_proj":
+        if short in known_modules:
+            expanded.append(short)
+        elif short == "qkv_proj":
             expanded += ["q_proj", "k_proj", "v_proj"]
         elif short == "gate_up_proj":
             expanded += ["gate_proj", "up_proj"]
         else:
             expanded.append(short)
+    for param in cfg.get("target_parameters") or []:  # stacked expert weights (MoE)
+        if param.endswith("gate_up_proj"):
+            expanded += ["gate_proj", "up_proj"]
+        elif param.endswith("down_proj"):
+            expanded.append("down_proj")
     init = cfg.get("init_lora_weights", True)
     return LoraConfig(
         r=int(cfg["r"]),
         lora_alpha=cfg.get("lora_alpha", 8),
         lora_dropout=cfg.get("lora_dropout", 0.0) or 0.0,
-        target_modules=expanded if isinstance(targets, list) else targets,
+        target_modules=list(dict.fromkeys(expanded)) if isinstance(targets, list) else targets,
         bias=cfg.get("bias", "none"),
         use_rslora=bool(cfg.get("use_rslora", False)),
         modules_to_save=cfg.get("modules_to_save"),
         init_lora_weights=init if init in (True, False, "gaussian") else True,
         layers_to_transform=cfg.get("layers_to_transform"),
+        known_modules=known_modules,
     )
 
 
@@ -186,10 +241,19 @@ def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{folder} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS} (or adapter_model.bin)")
 
 
+def _pattern(patterns: dict[str, Any] | None, short: str, default):
+    """A rank/alpha pattern entry for module ``short``: its own name, or a key ending in it (PEFT
+    writes ``.*\\.gate_up_proj`` for the fused expert adapter)."""
+    patterns = patterns or {}
+    if short in patterns:
+        return patterns[short]
+    return next((v for k, v in patterns.items() if k.endswith("." + short)), default)
+
+
 def _scaling_for(cfg: dict[str, Any], short: str, rank: int) -> float:
     """PEFT's scaling of one module, honouring rank_pattern / alpha_pattern."""
-    alpha = cfg.get("alpha_pattern", {}).get(short, cfg.get("lora_alpha", 8))
-    r = cfg.get("rank_pattern", {}).get(short, rank)
+    alpha = _pattern(cfg.get("alpha_pattern"), short, cfg.get("lora_alpha", 8))
+    r = _pattern(cfg.get("rank_pattern"), short, rank)
     return alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
 
 
@@ -199,6 +263,7 @@ def load_adapter_weights(model, folder: str | os.PathLike, peft_cfg: dict[str, A
     tensors = _load_tensors(folder)
     mapper = NameMapper(model.config)
     loras = dict(lora_modules(model))
+    loaded_experts = _load_expert_tensors(model, mapper, tensors, peft_cfg, folder)
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         name = key.removeprefix(PEFT_PREFIX).replace(".default.", ".")
@@ -234,9 +299,40 @@ def load_adapter_weights(model, folder: str | os.PathLike, peft_cfg: dict[str, A
             raise ValueError(
                 f"adapter module {hf_module!r} does not exist in this {model.config.model_type} model"
             )
-    missing = set(loras) - loaded
+    missing = (set(loras) - loaded) | ({n for n, _ in expert_lora_modules(model)} - loaded_experts)
     if missing:
         raise ValueError(f"{folder}: the adapter has no weights for {sorted(missing)[:4]} ...")
+
+
+def _load_expert_tensors(model, mapper: NameMapper, tensors: dict, peft_cfg: dict, folder: Path) -> set[str]:
+    """Take the expert adapters (``target_parameters``) out of ``tensors`` into the model's
+    `ExpertLora` slots; returns the slots filled."""
+    params = peft_cfg.get("target_parameters") or []
+    slots = {slot for slot, p in _EXPERT_PARAMS.items() if any(t.endswith(p) for t in params)}
+    if not slots:
+        return set()
+    experts = {n.rpartition(".")[0] for n, _ in expert_lora_modules(model)}
+    done: set[str] = set()
+    for parent in sorted(experts):
+        hf_module = mapper.to_hf(parent + ".gate_up_proj").removesuffix(".gate_up_proj")
+        for slot, prefix in _expert_keys(hf_module, slots).items():
+            a, b = tensors.pop(prefix + "lora_A.weight", None), tensors.pop(prefix + "lora_B.weight", None)
+            if a is None or b is None:
+                raise ValueError(f"{folder}: no {_EXPERT_PARAMS[slot]} adapter for {hf_module}")
+            mod = model.get_submodule(f"{parent}.{slot}")
+            e = mod.lora_A.shape[0]
+            r = a.shape[0] // e
+            if r != mod.r:  # e.g. PEFT's fused gate/up adapter of rank 2r
+                device = mod.lora_A.device
+                mod.lora_A = torch.nn.Parameter(torch.empty(e, r, a.shape[1], device=device))
+                mod.lora_B = torch.nn.Parameter(torch.empty(e, b.shape[0], r, device=device))
+                mod.r = r
+            with torch.no_grad():
+                mod.lora_A.copy_(a.reshape(e, r, -1))
+                mod.lora_B.copy_(b.reshape(b.shape[0], r, e).permute(2, 0, 1))
+            mod.scaling = _scaling_for(peft_cfg, _EXPERT_PARAMS[slot], r)
+            done.add(f"{parent}.{slot}")
+    return done
 
 
 def _assign(loras: dict[str, LoraLinear], name: str, a, b, scaling: float, folder: Path) -> None:

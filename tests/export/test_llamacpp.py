@@ -91,6 +91,14 @@ FAMILIES = {
         layer_types=["sliding_attention", "full_attention", "sliding_attention"],
     ),
     "phi3": dict(model_type="phi3"),
+    "qwen3_moe": dict(
+        model_type="qwen3_moe",
+        head_dim=128,
+        moe_intermediate_size=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+    ),
 }
 K_SIZES = dict(hidden_size=256, intermediate_size=512)  # rows of 256: real K-quant blocks
 

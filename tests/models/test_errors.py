@@ -32,8 +32,9 @@ def test_hub_id_offline(monkeypatch, tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
-    with pytest.raises(UnsupportedModelError, match="llama, mistral, qwen2, qwen3, gemma2"):
+    # an encoder-decoder: neither a loris family nor a transformers causal LM (the generic path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 8}))
+    with pytest.raises(UnsupportedModelError, match="llama, mistral, qwen2, qwen3.*AutoModelForCausalLM"):
         FastLanguageModel.from_pretrained(str(tmp_path), load_in_4bit=False)
     with pytest.raises(UnsupportedModelError, match="bert"):
         ModelConfig.from_hf({"model_type": "bert"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,8 +40,28 @@ _ARCH_BY_NAME = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
 def gguf_arch(cfg: ModelConfig) -> gguf.MODEL_ARCH:
     """The GGUF architecture this config's family is written as (its `FamilySpec.gguf_arch`)."""
     if cfg.model_type not in FAMILIES:
-        raise ValueError(f"GGUF export does not support model_type={cfg.model_type!r}")
+        raise ValueError(gguf_unsupported_message(cfg.model_type))
     return _ARCH_BY_NAME[FAMILIES[cfg.model_type].gguf_arch]
+
+
+def gguf_unsupported_message(model_type: str) -> str:
+    """Why a model type has no GGUF export in loris, and the way to get one anyway."""
+    arch_name = {"cohere": "command-r", "gpt_oss": "gpt-oss", "stablelm": "stablelm"}.get(
+        model_type, model_type.replace("_", "-")
+    )
+    known = arch_name in gguf.MODEL_ARCH_NAMES.values() or model_type in gguf.MODEL_ARCH_NAMES.values()
+    llama_cpp = (
+        f"gguf-py knows the architecture ({arch_name!r}), but loris has no tensor-name and metadata map for it"
+        if known
+        else f"neither loris nor gguf-py has a GGUF architecture for model_type={model_type!r}"
+    )
+    return (
+        f"GGUF export of model_type={model_type!r}: {llama_cpp}. loris writes GGUF for "
+        f"{', '.join(sorted(FAMILIES))}. Save the merged model with "
+        "save_pretrained_merged(folder, tokenizer, save_method='merged_16bit') and convert that folder with "
+        "llama.cpp's convert_hf_to_gguf.py"
+        + (" (which supports it)." if known else ", if it supports the architecture.")
+    )
 
 
 @dataclass
@@ -88,7 +109,7 @@ def gguf_tensors(model, plan: list[PlannedTensor]) -> list[GGUFTensor]:
     permute, plus_one = spec.gguf_permuted_qk, spec.gguf_norm_plus_one
     names = gguf.TensorNameMap(gguf_arch(cfg), cfg.num_layers)
     out = [*_rope_tensors(cfg)]
-    for t in plan:
+    for t in _stack_experts(plan):
         name = names.get_name(t.name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ValueError(f"no GGUF name for tensor {t.name!r} of a {cfg.model_type} model")
@@ -99,6 +120,36 @@ def gguf_tensors(model, plan: list[PlannedTensor]) -> list[GGUFTensor]:
         elif plus_one and t.name.endswith("norm.weight"):
             compute = lambda c=compute: c() + 1.0  # noqa: E731
         out.append(GGUFTensor(name, tuple(t.shape), compute))
+    return out
+
+
+_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def _stack_experts(plan: list[PlannedTensor]) -> list[PlannedTensor]:
+    """Per-expert projections (the Hub's layout) → one (experts, rows, cols) tensor per projection
+    and layer, llama.cpp's ``ffn_{gate,up,down}_exps``; every other tensor passes through."""
+    out: list[PlannedTensor] = []
+    groups: dict[str, list[PlannedTensor]] = {}
+    for t in plan:
+        m = _EXPERT.match(t.name)
+        if m is None:
+            out.append(t)
+            continue
+        key = f"{m.group(1)}.{m.group(3)}.weight"
+        if key not in groups:
+            groups[key] = []
+            out.append(PlannedTensor(key, (), lambda: None, True))  # placeholder, keeps the order
+        groups[key].append(t)
+    for i, t in enumerate(out):
+        parts = groups.get(t.name)
+        if parts is not None and t.shape == ():
+            out[i] = PlannedTensor(
+                t.name,
+                (len(parts), *parts[0].shape),
+                lambda ps=parts: torch.stack([p.compute() for p in ps]),
+                is_projection=True,
+            )
     return out
 
 
@@ -319,6 +370,8 @@ def save_gguf(
     """
     if backend not in ("loris", "llama.cpp"):
         raise ValueError(f"backend={backend!r}: use 'loris' (no llama.cpp needed) or 'llama.cpp'")
+    if model.config.model_type not in FAMILIES:  # before any file is written
+        raise ValueError(gguf_unsupported_message(model.config.model_type))
     if first_conversion is not None:
         logger.info(
             "first_conversion=%r ignored: loris quantizes straight from the merged tensors", first_conversion

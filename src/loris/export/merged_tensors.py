@@ -23,6 +23,7 @@ from torch import nn
 
 from loris.lora import LoraLinear
 from loris.models.families import NameMapper, Split
+from loris.models.moe import Experts, expert_weight
 from loris.models.state import model_state
 from loris.quant import QuantizedLinear
 
@@ -67,6 +68,16 @@ class OriginalWeights:
                 for key in sf.keys():
                     self._where[key] = f
         self._sources = _loris_to_hf_sources(mapper, self._where)
+
+    def get_hf(self, hf_name: str) -> torch.Tensor | None:
+        """The original tensor of an HF name, or None if the checkpoint has none."""
+        where = self._where.get(hf_name)
+        if where is None:
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(where), framework="pt") as sf:
+            return sf.get_tensor(hf_name)
 
     def get(self, loris_weight_name: str) -> torch.Tensor | None:
         """The original tensor for a loris parameter name (a slice of a fused HF tensor for Phi-3)."""
@@ -201,6 +212,10 @@ def _loris_tensors(
     for name, module in model.named_modules():
         if any(name.startswith(p) for p in skip_prefixes):
             continue
+        if isinstance(module, Experts):
+            skip_prefixes.append(name + ".")
+            out.extend(_expert_tensors(name, module, original))
+            continue
         if isinstance(module, (LoraLinear, QuantizedLinear)) or (
             isinstance(module, nn.Linear) and name != "lm_head"
         ):
@@ -216,6 +231,55 @@ def _loris_tensors(
         for pname, p in module.named_parameters(recurse=False):
             full = f"{name}.{pname}" if name else pname
             out.append((full, tuple(p.shape), lambda p=p: p.detach().float().cpu(), False))
+    return out
+
+
+def _expert_tensors(name: str, experts: Experts, original: OriginalWeights | None) -> list:
+    """Each expert's gate, up and down weight (LoRA merged) under transformers' per-expert names,
+    ``<layer>.mlp.experts.<e>.<proj>.weight``, as Hub checkpoints store them. A 4-bit stack is
+    merged into the original 16-bit expert weights when they are at hand, else dequantized once per
+    projection (the thunks run in plan order, projection by projection)."""
+    inter = experts.intermediate
+    last: dict[str, torch.Tensor] = {}
+
+    def stack(slot: str) -> torch.Tensor:
+        if slot not in last:
+            last.clear()
+            with torch.no_grad():
+                w = expert_weight(experts, slot).detach().float()
+                lora = getattr(experts, slot)
+                if lora is not None and not lora.disabled:
+                    w = w + lora.delta_weight().float().to(w.device)
+            last[slot] = w
+        return last[slot]
+
+    quantized = experts.gate_up_proj_q is not None or experts.down_proj_q is not None
+
+    def thunk(slot: str, e: int, rows: slice, proj: str):
+        def compute() -> torch.Tensor:
+            w = original.get_hf(f"model.{name}.{e}.{proj}.weight") if quantized and original else None
+            if w is None:
+                return stack(slot)[e, rows].cpu().clone()
+            lora = getattr(experts, slot)
+            w = w.float()
+            if lora is not None and not lora.disabled:
+                with torch.no_grad():
+                    delta = (lora.lora_B[e] @ lora.lora_A[e]) * lora.scaling
+                w = w + delta[rows].float().cpu()
+            return w
+
+        return compute
+
+    out = []
+    hidden = experts.shapes["down_proj"][1]
+    for proj, slot, rows in (
+        ("gate_proj", "gate_up_lora", slice(0, inter)),
+        ("up_proj", "gate_up_lora", slice(inter, 2 * inter)),
+        ("down_proj", "down_lora", slice(None)),
+    ):
+        shape = (hidden, inter) if proj == "down_proj" else (inter, hidden)
+        for e in range(experts.num_experts):
+            out.append((f"{name}.{e}.{proj}.weight", shape, thunk(slot, e, rows, proj), True))
     return out
 
 

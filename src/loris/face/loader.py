@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from loris.face.model import LorisModel
+from loris.face.model import GenericModel, LorisModel
 from loris.models.decoder import LorisForCausalLM
+from loris.models.generic import GenericCausalLM
 from loris.models.loading import load_model, pick_device, pick_dtype, resolve_source
 from loris.models.state import DEFAULT_MAX_SEQ_LENGTH, ModelState
 from loris.tokenizer import ensure_pad_token, load_tokenizer
@@ -119,9 +120,19 @@ class FastLanguageModel:
             )
         quantization = "nf4" if load_in_4bit else "int8" if load_in_8bit else None
         model = load_model(
-            source, dtype=dtype, device=device, quantization=quantization, model_class=LorisModel
+            source,
+            dtype=dtype,
+            device=device,
+            quantization=quantization,
+            model_class=LorisModel,
+            trust_remote_code=trust_remote_code,
+            token=token,
+            generic_class=GenericModel,
         )
-        _fit_context(model, max_seq_length, rope_scaling)
+        if isinstance(model, GenericCausalLM):
+            _check_generic_context(model, max_seq_length, rope_scaling)
+        else:
+            _fit_context(model, max_seq_length, rope_scaling)
         tokenizer = load_tokenizer(
             source.folder, source.gguf_file, trust_remote_code=trust_remote_code, token=token
         )
@@ -167,6 +178,11 @@ class FastLanguageModel:
         """
         from loris.checkpointing import make_checkpoint_fn
         from loris.lora import PROJECTIONS, LoraConfig, inject_lora
+        from loris.models.generic import default_targets, inject_generic_lora, linear_names
+
+        generic = isinstance(model, GenericCausalLM)
+        if target_modules is None:
+            target_modules = default_targets(model) if generic else list(PROJECTIONS)
 
         if kwargs.pop("use_dora", False):
             raise ValueError("use_dora=True is not supported; loris trains plain LoRA")
@@ -179,13 +195,14 @@ class FastLanguageModel:
             r=r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
-            target_modules=list(PROJECTIONS) if target_modules is None else target_modules,
+            target_modules=target_modules,
             bias=bias,
             use_rslora=use_rslora,
             modules_to_save=list(modules_to_save) if modules_to_save else None,
             init_lora_weights=init_lora_weights,
             layers_to_transform=layers_to_transform,
             random_state=random_state,
+            known_modules=tuple(linear_names(model)) if generic else PROJECTIONS,
         )
         checkpoint_fn = make_checkpoint_fn(use_gradient_checkpointing)
         state = model.state
@@ -203,10 +220,18 @@ class FastLanguageModel:
             raise ValueError(
                 "the model was loaded for full fine-tuning; load it without full_finetuning for LoRA"
             )
-        inject_lora(model, cfg)
+        if generic:  # transformers' own per-layer checkpointing, offloaded or not
+            inject_generic_lora(model, cfg)
+            model.gradient_checkpointing = use_gradient_checkpointing
+        else:
+            inject_lora(model, cfg)
+            if model.config.moe is not None:  # the experts' stacked weights (loris.models.moe)
+                from loris.models.moe import inject_expert_lora
+
+                inject_expert_lora(model, cfg)
+            model.gradient_checkpointing = checkpoint_fn
         state.peft_config = cfg
         state.checkpointing = use_gradient_checkpointing
-        model.gradient_checkpointing = checkpoint_fn
         if max_seq_length:
             state.max_seq_length = max_seq_length
         if state.tokenizer is not None:
@@ -263,6 +288,24 @@ def _fit_context(model: LorisForCausalLM, max_seq_length: int, rope_scaling: dic
         )
 
 
+def _check_generic_context(model: GenericCausalLM, max_seq_length: int | None, rope_scaling) -> None:
+    """The generic path leaves RoPE as transformers configured it: say so when asked to stretch it."""
+    if rope_scaling is not None:
+        raise ValueError(
+            f"rope_scaling is applied to loris' native families only; {model.config.model_type} runs on the "
+            "generic path: set rope_parameters in its config.json instead."
+        )
+    context = model.config.max_position_embeddings
+    if max_seq_length and context and max_seq_length > context:
+        logger.warning(
+            "max_seq_length=%d is beyond the model's context of %d tokens; on the generic path loris keeps "
+            "transformers' RoPE as configured (positions past %d were not trained).",
+            max_seq_length,
+            context,
+            context,
+        )
+
+
 def _load_with_adapter(
     folder, max_seq_length, dtype, load_in_4bit, load_in_8bit, token, device_map, revision
 ):
@@ -285,7 +328,11 @@ def _load_with_adapter(
         device_map=device_map,
         revision=revision,
     )
-    lcfg = lora_config_from_peft(peft_cfg)
+    from loris.lora import PROJECTIONS
+    from loris.models.generic import linear_names
+
+    known = tuple(linear_names(model)) if isinstance(model, GenericCausalLM) else PROJECTIONS
+    lcfg = lora_config_from_peft(peft_cfg, known)
     model = FastLanguageModel.get_peft_model(
         model,
         r=lcfg.r,

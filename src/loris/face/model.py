@@ -18,6 +18,7 @@ import torch
 
 from loris.export import pipeline
 from loris.models.decoder import LorisForCausalLM
+from loris.models.generic import GenericCausalLM
 
 
 def _state_property(field: str, doc: str) -> property:
@@ -30,8 +31,10 @@ def _state_property(field: str, doc: str) -> property:
     return property(get, set_, doc=doc)
 
 
-class LorisModel(LorisForCausalLM):
-    """`LorisForCausalLM` with the user-facing methods (see the module docstring)."""
+class FaceMethods:
+    """The user-facing methods and state properties (see the module docstring), for any loris model
+    class: the native decoder (`LorisModel`) or a transformers model on the generic path
+    (`GenericModel`)."""
 
     tokenizer = _state_property("tokenizer", "The tokenizer loaded with the model (or set later).")
     max_seq_length = _state_property("max_seq_length", "The sequence length training and generation use.")
@@ -273,3 +276,11 @@ class LorisModel(LorisForCausalLM):
     def save_lora(self, folder):
         """Unsloth's name for saving the adapter (PEFT format)."""
         return self.save_pretrained(folder)
+
+
+class LorisModel(FaceMethods, LorisForCausalLM):
+    """`LorisForCausalLM` with the user-facing methods."""
+
+
+class GenericModel(FaceMethods, GenericCausalLM):
+    """A model on the generic path (`loris.models.generic`) with the user-facing methods."""

@@ -35,6 +35,7 @@ from loris.generation.kv_cache import KVCache
 from loris.generation.sampling import SamplingConfig, next_tokens
 from loris.generation.static_step import StaticDecodeStep
 from loris.generation.stop import StopStrings
+from loris.models.generic import GenericCausalLM, GenericKVCache
 from loris.models.state import unwrap_model
 
 DECODE_BUCKET = 64
@@ -185,6 +186,14 @@ def _held_tensors(value) -> Iterator[torch.Tensor]:
             yield from _held_tensors(v)
 
 
+def _new_cache(model, rows: int, max_len: int, device: torch.device):
+    """An empty KV cache for ``rows`` sequences of up to ``max_len`` tokens: loris' preallocated one,
+    or transformers' own for a model on the generic path."""
+    if isinstance(model, GenericCausalLM):
+        return GenericKVCache(model.hf_model.config)
+    return KVCache(model.config, rows, max_len, model.dtype, device)
+
+
 @contextlib.contextmanager
 def _eval_mode(model):
     was = model.training
@@ -247,6 +256,8 @@ def iterate(
     decode = options.decode
     if decode == "auto":
         decode = "cuda_graph" if device.type == "cuda" else "eager"
+    if isinstance(model, GenericCausalLM) or model.config.moe is not None:
+        decode = "eager"  # transformers' modules, or data-dependent expert routing: no fixed-shape step
     rows = b * n
     total = plen + max_new_tokens
     generator = None
@@ -259,11 +270,11 @@ def iterate(
 
     # Prefill once per distinct prompt, into a cache that fits just the prompts.
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    pre = KVCache(model.config, b, plen, model.dtype, device)
+    pre = _new_cache(model, b, plen, device)
     out = model(ids, attention_mask=mask, position_ids=positions, kv_cache=pre, logits_to_keep=1)
     step_fn = None
     if decode == "eager":
-        cache = KVCache(model.config, rows, total, model.dtype, device)
+        cache = _new_cache(model, rows, total, device)
     else:
         step_fn = _claim_step(model, rows, _bucket(total), decode, keep_step)
         cache = step_fn.cache

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from loris.models.families import FAMILIES, family_spec
-from loris.models.hf_fields import RopeConfig, UnsupportedModelError
+from loris.models.hf_fields import MoEConfig, RopeConfig, UnsupportedModelError
 
-__all__ = ["ModelConfig", "RopeConfig", "SUPPORTED_MODEL_TYPES", "UnsupportedModelError"]
+__all__ = ["ModelConfig", "MoEConfig", "RopeConfig", "SUPPORTED_MODEL_TYPES", "UnsupportedModelError"]
 
 SUPPORTED_MODEL_TYPES = tuple(
     t for spec in FAMILIES.values() for t in (spec.model_type, *spec.wrapper_model_types)
@@ -64,6 +64,7 @@ class ModelConfig:
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     torch_dtype: str | None = None
+    moe: MoEConfig | None = None  # Mixture-of-Experts feed-forward (None: dense)
     # the original HF config dict, kept so exports write back what came in
     hf_config: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -86,6 +87,9 @@ class ModelConfig:
 
     def is_sliding(self, layer: int) -> bool:
         return self.layer_types[layer] == "sliding_attention" and self.sliding_window is not None
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.moe is not None and self.moe.is_sparse(layer)
 
     def rope_for_layer(self, layer: int) -> RopeConfig:
         if self.rope_local is not None and self.layer_types[layer] == "sliding_attention":

@@ -24,6 +24,7 @@ from loris.kernels.rope import apply_rope
 from loris.kernels.softcap_attention import softcap_attention
 from loris.lora import gated_mlp, project
 from loris.models.config import ModelConfig
+from loris.models.moe import RouterStats, SparseMoE, aux_loss_term
 from loris.models.rope import rope_cos_sin
 from loris.models.state import ModelState
 
@@ -137,7 +138,18 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.hidden_size, eps, off)
         self.self_attn = Attention(cfg, layer, make_linear)
         self.mlp_norm = RMSNorm(cfg.hidden_size, eps, off)
-        self.mlp = MLP(cfg, make_linear)
+        if cfg.is_moe_layer(layer):
+            moe = cfg.moe
+            self.mlp = SparseMoE(
+                cfg.hidden_size,
+                moe.intermediate_size,
+                moe.num_experts,
+                moe.top_k,
+                moe.norm_topk_prob,
+                cfg.activation,
+            )
+        else:
+            self.mlp = MLP(cfg, make_linear)
         if cfg.sandwich_norms:
             self.attn_post_norm = RMSNorm(cfg.hidden_size, eps, off)
             self.mlp_post_norm = RMSNorm(cfg.hidden_size, eps, off)
@@ -281,6 +293,7 @@ class LorisForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Final-norm hidden states (batch, seq, hidden)."""
         cfg = self.config
+        self._install_router_stats()
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if cfg.embed_scale != 1.0:
             x = x * torch.tensor(cfg.embed_scale, dtype=x.dtype)
@@ -334,7 +347,13 @@ class LorisForCausalLM(nn.Module):
         hidden states in chunks) unless ``return_logits=True``. ``num_items_in_batch`` turns the mean
         into a sum divided by that count, for exact gradient accumulation.
         """
-        h = self.hidden_states(input_ids, attention_mask, position_ids, kv_cache, inputs_embeds)
+        stats = self._router_stats(labels, attention_mask)
+        self.__dict__["_next_router_stats"] = stats
+        try:
+            h = self.hidden_states(input_ids, attention_mask, position_ids, kv_cache, inputs_embeds)
+        finally:
+            if stats is not None:
+                stats.open = False  # complete: recomputes in backward add nothing to it
         loss = None
         if labels is not None:
             shifted = F.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1).to(h.device)
@@ -343,12 +362,32 @@ class LorisForCausalLM(nn.Module):
                 loss = self._lm_loss(flat, shifted, "mean")
             else:
                 loss = self._lm_loss(flat, shifted, "sum") / num_items_in_batch
+            if stats is not None and stats.counts:
+                loss = loss + aux_loss_term(stats, self.config.moe.router_aux_loss_coef, loss.device)
         if return_logits is None:
             return_logits = labels is None or not self.training
         logits = None
         if return_logits:
             logits = self.logits_from_hidden(h[:, -logits_to_keep:] if logits_to_keep else h)
         return CausalLMOutput(loss=loss, logits=logits)
+
+    def _router_stats(self, labels, attention_mask) -> RouterStats | None:
+        """A fresh routing record for the MoE layers when this forward's loss takes the
+        load-balancing term (as in transformers: labels given and ``output_router_logits``)."""
+        moe = self.config.moe
+        if moe is None or labels is None or not moe.output_router_logits or not moe.router_aux_loss_coef:
+            return None
+        weights = attention_mask.reshape(-1) if attention_mask is not None else None
+        return RouterStats(token_weights=weights)
+
+    def _install_router_stats(self) -> None:
+        """Hand the MoE layers this forward's record (None: no load-balancing term this time)."""
+        if self.config.moe is None:
+            return
+        stats = self.__dict__.pop("_next_router_stats", None)
+        for block in self.layers:
+            if isinstance(block.mlp, SparseMoE):
+                block.mlp.stats = stats
 
     def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
         return linear_cross_entropy(

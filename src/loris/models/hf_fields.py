@@ -6,7 +6,7 @@ particular to it; `ModelConfig.from_hf` picks the family and builds the dataclas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -33,6 +33,23 @@ class RopeConfig:
     truncate: bool = True  # yarn
     short_factor: list[float] | None = None  # longrope
     long_factor: list[float] | None = None  # longrope
+
+
+@dataclass
+class MoEConfig:
+    """The sparse feed-forward of a Mixture-of-Experts family (Qwen3-MoE), see `loris.models.moe`."""
+
+    num_experts: int
+    top_k: int  # experts per token
+    intermediate_size: int  # of each expert
+    norm_topk_prob: bool = True  # renormalise the top-k router probabilities to sum to 1
+    sparse_step: int = 1  # every sparse_step-th layer is sparse ...
+    mlp_only_layers: list[int] = field(default_factory=list)  # ... except these (dense MLP)
+    router_aux_loss_coef: float = 0.0
+    output_router_logits: bool = False  # transformers adds the load-balancing loss only when True
+
+    def is_sparse(self, layer: int) -> bool:
+        return layer not in self.mlp_only_layers and (layer + 1) % self.sparse_step == 0
 
 
 def rope_from_params(params: dict[str, Any] | None, head_dim: int) -> RopeConfig:

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from loris.models.config import ModelConfig
+from loris.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from loris.models.decoder import LorisForCausalLM
-from loris.models.families import IGNORED_HF_KEYS, NameMapper
+from loris.models.families import IGNORED_HF_KEYS, NameMapper, Stacked
 from loris.models.packing import pack_projections
 from loris.models.weights_file import CorruptCheckpointError, iter_safetensors
 from loris.quant import Linear4bit, quantized_linear
@@ -187,6 +187,7 @@ def build_model(
     mapper = NameMapper(cfg)
     pending_bnb: dict[str, dict[str, torch.Tensor]] = {}
     loaded: set[str] = set()
+    filled: dict[str, int] = {}  # stacked expert weight → expert slices placed so far
 
     def place(name: str, tensor: torch.Tensor) -> None:
         slot = _linear_slot(model, name)
@@ -216,8 +217,18 @@ def build_model(
             if tensor.dtype == torch.uint8 and hf_name.endswith("_proj.weight"):
                 pending_bnb[hf_name] = {"weight": tensor}
                 continue
+        target = mapper.to_loris(hf_name)
+        if isinstance(target, Stacked):
+            place_expert(model, target, tensor.to(opts.device, opts.dtype))
+            loaded.add(target.target)
+            filled[target.target] = filled.get(target.target, 0) + 1
+            if filled[target.target] == _expert_slices(model, target.target):
+                _quantize_experts(model, target.target, opts)
+            continue
         for name, value in mapper.convert(hf_name, tensor):
             place(name, value)
+            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                _quantize_experts(model, name, opts)
 
     if pending_bnb:
         raise ValueError(
@@ -235,6 +246,38 @@ def build_model(
         p.requires_grad_(False)
     pack_projections(model)  # q/k/v and gate/up weights share one buffer each (16-bit bases)
     return model
+
+
+def place_expert(model: nn.Module, target: Stacked, tensor: torch.Tensor) -> None:
+    """Copy one expert's projection into its slice of the stacked weight (allocated on first use)."""
+    param = model.get_parameter(target.target)
+    if param.is_meta:
+        _set_tensor(model, target.target, torch.empty(param.shape, dtype=tensor.dtype, device=tensor.device))
+        param = model.get_parameter(target.target)
+    rows = tensor.shape[0]
+    start = 0 if target.part is None else target.part * rows
+    if tuple(param[target.expert, start : start + rows].shape) != tuple(tensor.shape):
+        raise ValueError(
+            f"expert tensor for {target.target}[{target.expert}] has shape {tuple(tensor.shape)}, "
+            f"expected {tuple(param[target.expert, start : start + rows].shape)}"
+        )
+    with torch.no_grad():
+        param[target.expert, start : start + rows].copy_(tensor)
+
+
+def _expert_slices(model: nn.Module, name: str) -> int:
+    """How many per-expert tensors fill stacked weight ``name`` (gate and up fill half each)."""
+    experts = model.get_submodule(name.rpartition(".")[0])
+    return experts.num_experts * (2 if name.endswith("gate_up_proj") else 1)
+
+
+def _quantize_experts(model: nn.Module, name: str, opts: LoadOptions) -> None:
+    """Quantize a completed stacked expert weight at once, so the 16-bit experts of the whole model
+    are never in memory together."""
+    if opts.quantization is None:
+        return
+    parent, _, attr = name.rpartition(".")
+    model.get_submodule(parent).quantize(attr, opts.quantization)
 
 
 def _plain_linear(weight: torch.Tensor) -> nn.Linear:
@@ -345,8 +388,13 @@ def load_model(
     quantization: str | None,
     max_seq_length: int | None = None,
     model_class: type[LorisForCausalLM] = LorisForCausalLM,
+    trust_remote_code: bool = False,
+    token: str | None = None,
+    generic_class: type | None = None,
 ) -> LorisForCausalLM:
-    """Build the model for a resolved source (as ``model_class``, the plain decoder by default)."""
+    """Build the model for a resolved source (as ``model_class``, the plain decoder by default); a
+    model type with no loris family goes through transformers (`loris.models.generic`), wrapped as
+    ``generic_class`` (`GenericCausalLM` by default)."""
     opts = LoadOptions(dtype=dtype, device=device, quantization=quantization)
     if source.gguf_file is not None:
         from loris.models.gguf_import import GGUFCheckpoint
@@ -355,6 +403,19 @@ def load_model(
         cfg = ModelConfig.from_hf(ckpt.hf_config)
         return build_model(cfg, ckpt.tensors(dtype), opts, model_class=model_class)
     raw = json.loads((source.folder / "config.json").read_text())
+    if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        from loris.models.generic import load_generic
+
+        return load_generic(
+            source.folder,
+            raw,
+            dtype=dtype,
+            device=device,
+            quantization=quantization,
+            trust_remote_code=trust_remote_code,
+            token=token,
+            model_class=generic_class,
+        )
     qcfg = raw.pop("quantization_config", None)
     cfg = ModelConfig.from_hf(raw)
     prequantized = False

@@ -96,5 +96,6 @@ def pack_projections(model: nn.Module) -> int:
     for block in getattr(model, "layers", []):
         attn, mlp = block.self_attn, block.mlp
         done += pack([_base_linear(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
-        done += pack([_base_linear(m) for m in (mlp.gate_proj, mlp.up_proj)])
+        if hasattr(mlp, "gate_proj"):  # a dense MLP (MoE layers stack their experts already)
+            done += pack([_base_linear(m) for m in (mlp.gate_proj, mlp.up_proj)])
     return done

@@ -33,6 +33,7 @@ from torch import nn
 
 from loris.data import IGNORE_INDEX
 from loris.models.decoder import LorisForCausalLM
+from loris.models.generic import GenericCausalLM
 from loris.models.state import unwrap_model
 from loris.trainers.checkpoint import (
     list_checkpoints,
@@ -411,6 +412,11 @@ class Trainer:
         if not self.args.gradient_checkpointing:
             return
         inner = unwrap_model(model)
+        if isinstance(inner, GenericCausalLM):  # transformers' own per-layer checkpointing
+            if inner.gradient_checkpointing is None:
+                inner.gradient_checkpointing = True
+                inner.state.checkpointing = True
+            return
         if not isinstance(inner, LorisForCausalLM):
             self._warn_once(
                 "gc-model",

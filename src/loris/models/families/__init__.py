@@ -14,19 +14,38 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from loris.models.families import gemma, llama, mistral, phi3, qwen2, qwen3
-from loris.models.families.names import Split, WeightMap
+from loris.models.families import gemma, llama, mistral, phi3, qwen2, qwen3, qwen3_moe
+from loris.models.families.names import Split, Stacked, WeightMap
 from loris.models.families.spec import FamilySpec
+from loris.models.generic_config import GenericConfig
 from loris.models.hf_fields import UnsupportedModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from loris.models.config import ModelConfig
 
-__all__ = ["FAMILIES", "FamilySpec", "IGNORED_HF_KEYS", "NameMapper", "Split", "WeightMap", "family_spec"]
+__all__ = [
+    "FAMILIES",
+    "FamilySpec",
+    "IGNORED_HF_KEYS",
+    "NameMapper",
+    "Split",
+    "Stacked",
+    "WeightMap",
+    "family_spec",
+]
 
 FAMILIES: dict[str, FamilySpec] = {
     spec.model_type: spec
-    for spec in (llama.SPEC, mistral.SPEC, qwen2.SPEC, qwen3.SPEC, gemma.GEMMA2, gemma.GEMMA3, phi3.SPEC)
+    for spec in (
+        llama.SPEC,
+        mistral.SPEC,
+        qwen2.SPEC,
+        qwen3.SPEC,
+        qwen3_moe.SPEC,
+        gemma.GEMMA2,
+        gemma.GEMMA3,
+        phi3.SPEC,
+    )
 }
 """Every supported family by transformers' ``model_type``, in the order error messages list them."""
 
@@ -41,8 +60,11 @@ def family_spec(model_type: str | None) -> FamilySpec:
     return spec
 
 
-def weight_map(cfg: ModelConfig) -> WeightMap:
-    """The HF → loris name map for this config's family and options."""
+def weight_map(cfg: ModelConfig | GenericConfig) -> WeightMap:
+    """The HF → loris name map for this config's family and options (the identity on the generic
+    path, whose modules keep transformers' names)."""
+    if isinstance(cfg, GenericConfig):
+        return cfg.identity_map()
     return family_spec(cfg.model_type).weight_map(cfg)
 
 
@@ -60,17 +82,20 @@ class NameMapper:
         self._patterns = [(_template_regex(k), v) for k, v in self.map.items()]
         reverse = {}
         for k, v in self.map.items():
-            if isinstance(v, str):
+            if isinstance(v, str) and v not in reverse:
                 reverse[v] = k
         self._reverse = [(_template_regex(k), v) for k, v in reverse.items()]
 
-    def to_loris(self, hf_name: str) -> str | Split | None:
+    def to_loris(self, hf_name: str) -> str | Split | Stacked | None:
         name = hf_name.removeprefix(self.prefix) if self.prefix else hf_name
         for pattern, target in self._patterns:
             m = pattern.match(name)
             if m:
                 if isinstance(target, Split):
                     return Split(tuple(t.format(*m.groups()) for t in target.targets), target.sizes)
+                if isinstance(target, Stacked):
+                    layer, expert = m.groups()
+                    return Stacked(target.target.format(layer), target.part, int(expert))
                 return target.format(*m.groups())
         return None
 
@@ -92,6 +117,8 @@ class NameMapper:
             return []
         if isinstance(target, Split):
             return list(zip(target.targets, torch.split(tensor, target.sizes(self.cfg), dim=0), strict=True))
+        if isinstance(target, Stacked):
+            raise ValueError(f"{hf_name} is one expert's slice: place it with loading.place_expert")
         return [(target, tensor)]
 
 

@@ -21,6 +21,17 @@ class Split:
     sizes: Callable[[ModelConfig], tuple[int, ...]]  # along dim 0
 
 
+@dataclass(frozen=True)
+class Stacked:
+    """An HF tensor that is one expert's slice of a stacked loris weight (experts, rows, cols):
+    transformers' Hub checkpoints store each expert's projections apart, loris (like transformers
+    5 in memory) stacks them; ``part`` picks the half of a fused gate/up weight (None: all rows)."""
+
+    target: str
+    part: int | None = None
+    expert: int = -1  # set once resolved against a concrete name
+
+
 ATTN = {
     "model.layers.{}.self_attn.q_proj.weight": "layers.{}.self_attn.q_proj.weight",
     "model.layers.{}.self_attn.k_proj.weight": "layers.{}.self_attn.k_proj.weight",
@@ -56,7 +67,18 @@ QK_NORMS = {
     "model.layers.{}.self_attn.k_norm.weight": "layers.{}.self_attn.k_norm.weight",
 }
 
-WeightMap = dict[str, "str | Split"]
+# Mixture-of-Experts layers: the router and the stacked experts (per-expert names as on the Hub,
+# stacked names as transformers 5 holds them in memory and as a checkpoint written from it has them)
+MOE = {
+    "model.layers.{}.mlp.gate.weight": "layers.{}.mlp.gate.weight",
+    "model.layers.{}.mlp.experts.{}.gate_proj.weight": Stacked("layers.{}.mlp.experts.gate_up_proj", 0),
+    "model.layers.{}.mlp.experts.{}.up_proj.weight": Stacked("layers.{}.mlp.experts.gate_up_proj", 1),
+    "model.layers.{}.mlp.experts.{}.down_proj.weight": Stacked("layers.{}.mlp.experts.down_proj"),
+    "model.layers.{}.mlp.experts.gate_up_proj": "layers.{}.mlp.experts.gate_up_proj",
+    "model.layers.{}.mlp.experts.down_proj": "layers.{}.mlp.experts.down_proj",
+}
+
+WeightMap = dict[str, "str | Split | Stacked"]
 
 
 def standard_map(cfg: ModelConfig, norms: dict[str, str]) -> WeightMap:
@@ -72,4 +94,6 @@ def standard_map(cfg: ModelConfig, norms: dict[str, str]) -> WeightMap:
         m.update(ATTN_BIAS)
     if cfg.mlp_bias:
         m.update(MLP_BIAS)
+    if cfg.moe is not None:
+        m.update(MOE)
     return m
