@@ -10,10 +10,12 @@ from pathlib import Path
 
 
 def _export_plan(args: argparse.Namespace) -> list[str]:
-    """The requested artifacts in writing order: merged_16bit, merged_4bit_forced, gguf."""
+    """The requested artifacts in writing order: merged_16bit, merged_32bit, merged_4bit_forced, gguf."""
     plan = []
     if args.merged_16bit:
         plan.append("merged_16bit")
+    if args.merged_32bit:
+        plan.append("merged_32bit")
     if args.merged_4bit:
         plan.append("merged_4bit_forced")
     if args.gguf:
@@ -39,7 +41,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     plan = _export_plan(args)
     if not plan and not args.push_to_hub:
         raise SystemExit(
-            "loris export: nothing to export: pass --merged-16bit, --merged-4bit and/or --gguf METHOD ... "
+            "loris export: nothing to export: pass --merged-16bit, --merged-32bit, --merged-4bit and/or "
+            "--gguf METHOD ... "
             "(and --push-to-hub REPO to upload)"
         )
     try:
@@ -144,7 +147,14 @@ def add_export_parser(sub) -> None:
         help="a saved adapter folder (loads its base), a model folder, a .gguf file or a Hub repo id",
     )
     export.add_argument("--out", required=True, help="output folder (one subfolder per artifact)")
-    export.add_argument("--merged-16bit", action="store_true", help="LoRA merged into 16-bit safetensors")
+    export.add_argument(
+        "--merged-16bit",
+        action="store_true",
+        help="LoRA merged, as 16-bit safetensors (the source's float16/bfloat16; else bfloat16)",
+    )
+    export.add_argument(
+        "--merged-32bit", action="store_true", help="LoRA merged, as float32 safetensors (twice the size)"
+    )
     export.add_argument(
         "--merged-4bit", action="store_true", help="merged, then NF4 (bitsandbytes) safetensors"
     )

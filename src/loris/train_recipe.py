@@ -235,9 +235,10 @@ class SaveSection:
 
     def __post_init__(self) -> None:
         _check(
-            self.merged_method in ("merged_16bit", "merged_4bit_forced", "forced_merged_4bit"),
+            self.merged_method
+            in ("merged_16bit", "merged_32bit", "merged_4bit_forced", "forced_merged_4bit"),
             "save.merged_method",
-            f"{self.merged_method!r}: use merged_16bit (or merged_4bit_forced).",
+            f"{self.merged_method!r}: use merged_16bit (or merged_32bit, merged_4bit_forced).",
         )
         if isinstance(self.gguf_methods, str):
             self.gguf_methods = [self.gguf_methods]

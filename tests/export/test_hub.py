@@ -170,7 +170,7 @@ def test_push_merged_16bit(hub, lora_model, monkeypatch):
 
     tensors = load(files["model.safetensors"])
     merged = tensors["model.layers.0.self_attn.q_proj.weight"]
-    assert merged.shape == (64, 64) and merged.dtype == torch.float32
+    assert merged.shape == (64, 64) and merged.dtype == torch.bfloat16  # merged_16bit of an fp32 model
 
 
 def test_save_pretrained_merged_push_to_hub_routes_to_upload(hub, lora_model):

@@ -68,7 +68,7 @@ def export(tmp_path_factory):
     for _, m in lora_modules(model):
         with torch.no_grad():
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.05)
-    merged = save_merged(model, root / "merged", tok)
+    merged = save_merged(model, root / "merged", tok, save_method="merged_32bit")
     paths = dict(zip(METHODS, save_gguf(model, root / "gguf", tok, quantization_method=METHODS), strict=True))
     yield dict(model=model.eval(), tok=tok, base=base, merged=merged, gguf=paths, root=root)
     torch.set_num_threads(old)
@@ -87,12 +87,12 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def test_correct_export_passes(export, capsys):
-    artifacts = [("merged_16bit", export["merged"]), *gguf_artifacts(export["gguf"].values())]
+    artifacts = [("merged_32bit", export["merged"]), *gguf_artifacts(export["gguf"].values())]
     verdicts = validate_export(export["model"], export["tok"], artifacts)
     lines = capsys.readouterr().out.splitlines()
     by_name = {v.artifact: v for v in verdicts}
-    assert list(by_name) == ["merged_16bit", "gguf f16", "gguf q8_0", "gguf q4_k_m", "Modelfile"]
-    merged = by_name["merged_16bit"]
+    assert list(by_name) == ["merged_32bit", "gguf f16", "gguf q8_0", "gguf q4_k_m", "Modelfile"]
+    merged = by_name["merged_32bit"]
     assert merged.status == OK and "over 3 prompts (loris, float32)" in merged.detail
     assert "transformers max |Δlogit|" in merged.detail
     assert by_name["Modelfile"].status == OK and "on 4 chats" in by_name["Modelfile"].detail
@@ -107,7 +107,7 @@ def test_correct_export_passes(export, capsys):
             assert "compared loosely" in v.detail and "top-5" in v.detail
         else:
             assert "greedy 16/16 tokens equal" in v.detail or "near-ties" in v.detail, v.detail
-    assert [line.split()[0] for line in lines] == ["merged_16bit", "gguf", "gguf", "gguf", "Modelfile"]
+    assert [line.split()[0] for line in lines] == ["merged_32bit", "gguf", "gguf", "gguf", "Modelfile"]
 
 
 def test_gguf_without_llama_cpp_is_skipped_not_passed(export, monkeypatch):
@@ -128,10 +128,10 @@ def test_merged_weights_altered_on_disk(export, tmp_path):
     name = "model.layers.1.self_attn.o_proj.weight"
     tensors[name] = tensors[name] * 1.05
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    v = validate_merged(export["model"], folder, export["tok"], artifact="merged_16bit")
+    v = validate_merged(export["model"], folder, export["tok"], artifact="merged_32bit")
     assert v.status == MISMATCH and "> max bound 0.001" in v.detail and "(loris, float32)" in v.detail
-    with pytest.raises(ExportValidationError, match=r"merged_16bit \(.*merged\): max \|Δlogit\|"):
-        validate_export(export["model"], export["tok"], [("merged_16bit", folder)], report=None)
+    with pytest.raises(ExportValidationError, match=r"merged_32bit \(.*merged\): max \|Δlogit\|"):
+        validate_export(export["model"], export["tok"], [("merged_32bit", folder)], report=None)
 
 
 def test_merged_that_does_not_load(export, tmp_path):

@@ -47,7 +47,7 @@ def weight_counts(model) -> tuple[int, int]:
 def bytes_per_weight(fmt: str, dtype: torch.dtype = torch.float16) -> float:
     """Bytes one weight takes in ``fmt``: a merged save method or a GGUF quantization method."""
     name = fmt.lower()
-    if name in ("merged_16bit",):
+    if name in ("merged_16bit", "merged_32bit"):
         return float(torch.empty((), dtype=dtype).element_size())
     if name in _ADAPTER_FORMATS:
         return 0.0

@@ -25,7 +25,15 @@ from loris.models.state import model_state
 
 logger = logging.getLogger(__name__)
 
-SAVE_METHODS = ("merged_16bit", "merged_4bit_forced", "forced_merged_4bit", "lora", "merged_4bit")
+SAVE_METHODS = (
+    "merged_16bit",
+    "merged_32bit",
+    "merged_4bit_forced",
+    "forced_merged_4bit",
+    "lora",
+    "merged_4bit",
+)
+_SIXTEEN_BIT = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 _STALE = (
     "model*.safetensors",
     "model.safetensors.index.json",
@@ -70,10 +78,14 @@ def save_merged(
 ) -> Path:
     """Save ``model`` with its LoRA merged (or just the adapter for ``save_method="lora"``).
 
-    ``merged_16bit``: weights in the model's dtype (or ``dtype``); a 4-bit/8-bit base is merged into
-    its original 16-bit weights when the checkpoint it came from is on this machine, else into the
-    dequantized weights (a log line says which). ``merged_4bit_forced``: the merged weights
-    re-quantized to NF4 (bitsandbytes layout, double quantized) with a matching quantization_config.
+    ``merged_16bit``: 16-bit weights whatever dtype the model computes in (an fp32 CPU model too):
+    the source checkpoint's dtype when it was float16 or bfloat16, else bfloat16 (a float32, 4-bit
+    or GGUF source); ``dtype`` (float16 or bfloat16) overrides the choice. ``merged_32bit``: float32
+    weights, only when asked for by name. The merge itself is computed in float32 either way; a
+    4-bit/8-bit base is merged into its original weights when the checkpoint it came from is on this
+    machine, else into the dequantized weights (the printed line says which, and the dtype written).
+    ``merged_4bit_forced``: the merged weights re-quantized to NF4 (bitsandbytes layout, double
+    quantized) with a matching quantization_config; its other tensors are 16-bit as above.
     """
     method = str(save_method).lower()
     if method not in SAVE_METHODS:
@@ -93,15 +105,14 @@ def save_merged(
             tokenizer.save_pretrained(str(path))
         return path
     four_bit = method in ("merged_4bit_forced", "forced_merged_4bit")
-    out_dtype = dtype or model.dtype
-    if out_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"dtype {out_dtype} is not a float type; use torch.float16, bfloat16 or float32")
+    out_dtype = merged_dtype(model, method, dtype)
     # -- free-space check before writing (loris.export.diskspace) --
     from loris.export.diskspace import ensure_free_space, estimate_bytes
 
     ensure_free_space(out, estimate_bytes(model, [method], out_dtype), f"the {method} export to {out}")
     plan, source = merged_plan_for_export(model)
-    message = f"loris: merging LoRA into {source}"
+    written = "NF4 projections (bitsandbytes), other tensors " if four_bit else ""
+    message = f"loris: merging LoRA into {source}; writing {written}{_dtype_name(out_dtype)} safetensors"
     logger.info(message)
     print(message)
     budget = parse_size(max_shard_size)
@@ -115,6 +126,24 @@ def save_merged(
             tokenizer.save_pretrained(str(tmp))
         publish_dir(tmp, out, stale=_STALE)
     return out
+
+
+def merged_dtype(model, save_method: str = "merged_16bit", dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype a merged export writes (see `save_merged`): float32 only for ``merged_32bit``."""
+    if save_method == "merged_32bit":
+        if dtype not in (None, torch.float32):
+            raise ValueError(f"save_method='merged_32bit' writes float32, not {dtype}; drop dtype=")
+        return torch.float32
+    if dtype is not None:
+        if dtype not in _SIXTEEN_BIT.values():
+            raise ValueError(
+                f"{save_method} writes 16-bit weights, not {dtype}: pass dtype=torch.bfloat16 or "
+                "torch.float16, or save_method='merged_32bit' for float32"
+            )
+        return dtype
+    hf = getattr(model.config, "hf_config", None) or {}
+    source = str(hf.get("dtype") or hf.get("torch_dtype") or "").removeprefix("torch.")
+    return _SIXTEEN_BIT.get(source, torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------- tensors → shards

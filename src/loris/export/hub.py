@@ -210,6 +210,7 @@ def model_card(
         lines.append(f"A LoRA adapter (PEFT format) for `{base_text}`, {how}.")
     elif kind == "merged":
         what = "4-bit (bitsandbytes NF4)" if method and "4bit" in method else "16-bit"
+        what = "32-bit (float32)" if method == "merged_32bit" else what
         lines.append(f"`{base_text}` {how}, with the LoRA update merged into {what} weights (`{method}`).")
     else:
         lines.append(f"GGUF files of `{base_text}` {how}, for llama.cpp, Ollama and other GGUF runtimes.")

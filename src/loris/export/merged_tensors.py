@@ -346,12 +346,12 @@ def merged_plan_for_export(model) -> tuple[list[PlannedTensor], str]:
     if has_quantized_base(model):
         original = find_original_weights(model)
         if original is not None:
-            source = f"the original 16-bit weights in {original.folder}"
+            source = f"the original unquantized weights in {original.folder}"
         else:
             source = (
                 "the dequantized 4-bit/8-bit weights (the original 16-bit checkpoint is not on this "
                 "machine; the export carries the quantization error)"
             )
     else:
-        source = "the model's own 16-bit weights"
+        source = f"the model's own {str(model.dtype).removeprefix('torch.')} weights"
     return plan_merged_tensors(model, original), source

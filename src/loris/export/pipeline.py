@@ -3,7 +3,8 @@
 The model's methods (`loris.face.model`), the Hub pushes and ``loris export`` all go through here,
 so an artifact is written, checked and uploaded the same way whoever asks:
 
-* `write`: one artifact (``lora`` adapter, ``merged_16bit``, ``merged_4bit_forced`` or ``gguf``)
+* `write`: one artifact (``lora`` adapter, ``merged_16bit``, ``merged_32bit``, ``merged_4bit_forced``
+  or ``gguf``)
   into a folder, with the exporter that owns its format (`loris.peft_format`, `loris.export.hf`,
   `loris.export.gguf`); each writes to a temporary name and renames it into place.
 * `check`: reload what was written and compare it with the model (`loris.export.validate`),
@@ -28,8 +29,14 @@ from typing import Any
 from loris.distributed.wrap import export_on_main_process
 from loris.export import hub
 
-ARTIFACTS = ("lora", "merged_16bit", "merged_4bit_forced", "gguf")
-REPO_SUFFIXES = {"lora": "", "merged_16bit": "", "merged_4bit_forced": "-bnb-4bit", "gguf": "-GGUF"}
+ARTIFACTS = ("lora", "merged_16bit", "merged_32bit", "merged_4bit_forced", "gguf")
+REPO_SUFFIXES = {
+    "lora": "",
+    "merged_16bit": "",
+    "merged_32bit": "-fp32",
+    "merged_4bit_forced": "-bnb-4bit",
+    "gguf": "-GGUF",
+}
 """``loris export --push-to-hub REPO``: the first artifact goes to REPO, each further one to REPO plus
 its suffix (a Hub repo holds one model)."""
 
