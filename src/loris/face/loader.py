@@ -139,7 +139,7 @@ class FastLanguageModel:
         ensure_pad_token(tokenizer, model.config.vocab_size)
         tokenizer.padding_side = "left"  # ready for generation; get_peft_model / for_training flip it
         model.state = ModelState(
-            name_or_path=str(model_name),
+            name_or_path=source.hub_id or str(model_name),  # a bundled model: its id, never its path
             source_folder=source.folder,  # where the original weights are (merged exports reuse them)
             source_gguf_file=source.gguf_file,
             max_seq_length=max_seq_length or DEFAULT_MAX_SEQ_LENGTH,

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from loris.models.bundled import bundled_file, bundled_hub_id
 from loris.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from loris.models.decoder import LorisForCausalLM
 from loris.models.families import IGNORED_HF_KEYS, NameMapper, Stacked
@@ -49,15 +50,17 @@ class ResolvedSource:
 
     folder: Path
     gguf_file: Path | None = None
+    hub_id: str | None = None  # a bundled model's Hub id: the name to record instead of its path
 
 
 def resolve_source(
     name_or_path: str | Path, *, token: str | None = None, revision: str | None = None
 ) -> ResolvedSource:
-    """Local folder, local .gguf file, or a Hub repo id (downloaded to the HF cache)."""
+    """Local folder, local .gguf file, or a Hub repo id: from the HF cache, else a bundled model's
+    file (`loris.models.bundled`), else downloaded to the HF cache."""
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ResolvedSource(path.parent, path)
+        return ResolvedSource(path.parent, path, hub_id=bundled_hub_id(path))
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists() and ggufs:
@@ -78,22 +81,37 @@ def resolve_source(
             f"model path {name!r} does not exist. Pass an existing local folder (with config.json), "
             "a .gguf file, or a Hugging Face Hub id like 'org/model'."
         )
+    cached = _from_cache(name, token=token, revision=revision)
+    if cached is not None:  # the cache first: works offline and costs no request
+        return ResolvedSource(cached)
+    bundled = bundled_file(name) if revision is None else None
+    if bundled is not None:
+        return ResolvedSource(bundled.parent, bundled, hub_id=name)
     return ResolvedSource(_download(name, token=token, revision=revision))
+
+
+_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+def _from_cache(repo_id: str, *, token: str | None, revision: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, token=token, allow_patterns=_PATTERNS, local_files_only=True
+            )
+        )
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        return None
 
 
 def _download(repo_id: str, *, token: str | None, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
-    try:  # the cache first: works offline and costs no request
-        return Path(
-            snapshot_download(
-                repo_id, revision=revision, token=token, allow_patterns=patterns, local_files_only=True
-            )
-        )
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
+    patterns = _PATTERNS
     try:
         return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=patterns))
     except (RepositoryNotFoundError, GatedRepoError) as e:
