@@ -13,12 +13,28 @@ import sys
 def add_chat_parser(sub) -> None:
     chat = sub.add_parser("chat", help="chat with a model or a saved adapter (streaming, chat template)")
     chat.add_argument("model", help="model folder, .gguf file, Hub id, or a saved LoRA adapter folder")
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    chat.add_argument("--top-p", type=float, default=1.0)
-    chat.add_argument("--min-p", type=float, default=0.0)
-    chat.add_argument("--system", default=None, help="a system message")
-    chat.add_argument("--load-in-4bit", action="store_true")
+    chat.add_argument(
+        "--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default: %(default)s)"
+    )
+    chat.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature; 0 = greedy (default: %(default)s)",
+    )
+    chat.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: %(default)s)"
+    )
+    chat.add_argument(
+        "--min-p",
+        type=float,
+        default=0.0,
+        help="drop tokens below this fraction of the top token's probability; 0 = off (default: %(default)s)",
+    )
+    chat.add_argument("--system", default=None, help="a system message (default: none)")
+    chat.add_argument(
+        "--load-in-4bit", action="store_true", help="quantize the linear weights to NF4 (default: 16-bit)"
+    )
     chat.set_defaults(func=cmd_chat)
 
 

@@ -15,7 +15,7 @@ from trainer_testing import Record, token_rows
 from loris import SFTConfig, SFTTrainer
 from loris.trainers import TrainerCallback, TrainingDivergedError
 from loris.trainers.checkpoint import list_checkpoints
-from loris.trainers.progress import ProgressBar, wants_bar
+from loris.trainers.progress import ProgressBar, bar_mode
 
 
 def config(tmp_path, **kw) -> SFTConfig:
@@ -63,30 +63,64 @@ class _Stream:
         return self.tty
 
 
-def test_progress_bar_only_on_a_terminal_and_not_when_disabled():
-    assert wants_bar(False, _Stream(True))
-    assert not wants_bar(True, _Stream(True))
-    assert not wants_bar(False, _Stream(False))
-    assert not wants_bar(False, object())
-    bar = ProgressBar(5, enabled=False)
-    bar.update(1.0, 1e-3, 10.0)  # a no-op when disabled
+def test_progress_bar_live_on_a_terminal_lines_elsewhere_none_when_disabled():
+    assert bar_mode(False, _Stream(True)) == "live"
+    assert bar_mode(True, _Stream(True)) is None and bar_mode(True, _Stream(False)) is None
+    assert bar_mode(False, _Stream(False)) == "lines"
+    assert bar_mode(False, object()) == "lines"
+    bar = ProgressBar(5, mode=None)
+    bar.update(1.0, 1e-3, 10)  # a no-op when disabled
     assert not bar.enabled
 
 
-def test_progress_bar_shows_loss_lr_tokens_per_second(load_tiny, tmp_path, monkeypatch, capsys):
+def test_progress_bar_tokens_per_second_is_the_whole_run_so_far(monkeypatch):
+    import loris.trainers.progress as progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    bar = ProgressBar(3, mode=None)  # starts at t=100
+    now[0] = 102.0
+    bar.update(2.0, 1e-3, 400)  # 400 tokens in 2 s
+    assert bar.tokens_per_second == pytest.approx(200.0)
+    now[0] = 104.0
+    bar.update(2.0, 1e-3, 100)  # a short batch: 500 tokens in 4 s, not 100 in the last 2 s
+    assert bar.tokens_per_second == pytest.approx(125.0)
+    now[0] = 110.0
+    bar.update(2.0, 1e-3, 700)
+    assert bar.tokens_per_second == pytest.approx(1200 / 10)
+
+
+def _train_with_bar(load_tiny, tmp_path, max_steps=2, **kw):
+    model, tok = load_tiny()
+    cfg = config(tmp_path, per_device_train_batch_size=2, max_steps=max_steps, disable_tqdm=False, **kw)
+    SFTTrainer(model, cfg, train_dataset=token_rows([4, 6, 5, 7]), processing_class=tok).train()
+
+
+def test_progress_bar_on_a_terminal_shows_steps_eta_loss_lr_tokens_per_second(
+    load_tiny, tmp_path, monkeypatch, capsys
+):
     import loris.trainers.loop as loop
 
-    monkeypatch.setattr(loop, "wants_bar", lambda disable, stream=None: not disable)
-    model, tok = load_tiny()
-    cfg = config(tmp_path, per_device_train_batch_size=2, max_steps=2, disable_tqdm=False)
-    SFTTrainer(model, cfg, train_dataset=token_rows([4, 6, 5, 7]), processing_class=tok).train()
+    monkeypatch.setattr(loop, "bar_mode", lambda disable, stream=None: None if disable else "live")
+    _train_with_bar(load_tiny, tmp_path)
     err = capsys.readouterr().err
-    assert "2/2" in err and "loss=" in err and "lr=" in err and "tok_s=" in err
+    assert "0/2 [" in err and "2/2 [" in err  # drawn at step 0, before the first step ends
+    assert "<" in err and "loss=" in err and "lr=" in err and "tok_s=" in err  # elapsed<ETA
     capsys.readouterr()
+    model, tok = load_tiny()
     cfg = config(tmp_path / "quiet", per_device_train_batch_size=2, max_steps=1, disable_tqdm=True)
     SFTTrainer(model, cfg, train_dataset=token_rows([4, 6]), processing_class=tok).train()
     captured = capsys.readouterr()
     assert "tok_s=" not in captured.err and "'loss'" in captured.out
+
+
+def test_progress_bar_in_a_log_file_prints_whole_lines(load_tiny, tmp_path, capsys):
+    """stderr is not a terminal under pytest: the tqdm line is printed whole at step 0 and at the end."""
+    _train_with_bar(load_tiny, tmp_path, max_steps=3)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train:")]
+    assert "\r" not in "".join(lines)
+    assert "0/3 [" in lines[0] and "?" in lines[0]  # step 0: no ETA yet
+    assert "3/3 [" in lines[-1] and "loss=" in lines[-1] and "tok_s=" in lines[-1]
 
 
 # --------------------------------------------------------------- NaN: stop, keep the last good checkpoint

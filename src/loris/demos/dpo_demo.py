@@ -172,12 +172,12 @@ def run_dpo_demo(args: argparse.Namespace) -> int:
     from loris.demos.assets import smollm2_gguf_path
 
     model = args.model or str(smollm2_gguf_path())
-    output_dir = args.output_dir if args.output_dir != "loris-demo" else "loris-demo-dpo"
+    output_dir = args.output_dir or "loris-demo-dpo"
     if args.quick:
         settings = DPODemoSettings.quick(model, output_dir)
     else:
         settings = DPODemoSettings(model, output_dir)
-        if args.max_steps:
-            settings.max_steps = args.max_steps
+    if args.max_steps:
+        settings.max_steps = args.max_steps
     run(settings)
     return 0

@@ -252,12 +252,12 @@ def run_grpo_demo(args: argparse.Namespace) -> int:
     from loris.demos.assets import smollm2_gguf_path
 
     model = args.model or str(smollm2_gguf_path())
-    output_dir = args.output_dir if args.output_dir != "loris-demo" else "loris-demo-grpo"
+    output_dir = args.output_dir or "loris-demo-grpo"
     if args.quick:
         settings = GRPODemoSettings.quick(model, output_dir)
     else:
         settings = GRPODemoSettings(model, output_dir)
-        if args.max_steps:
-            settings.max_steps = args.max_steps
+    if args.max_steps:
+        settings.max_steps = args.max_steps
     run(settings)
     return 0

@@ -100,7 +100,7 @@ def run(settings: DemoSettings) -> dict:
     )
     FastLanguageModel.for_training(model)
     args = SFTConfig(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(out),  # save_strategy="no": no checkpoints, only loss.png and the log land here
         per_device_train_batch_size=settings.batch_size,
         max_steps=settings.max_steps,
         learning_rate=settings.learning_rate,
@@ -116,6 +116,7 @@ def run(settings: DemoSettings) -> dict:
     trainer = SFTTrainer(
         model=model, processing_class=tok, train_dataset=tokenize_for_training(tok, train_rows), args=args
     )
+    (out / "log.jsonl").unlink(missing_ok=True)  # the trainer appends (for resuming): start this run's afresh
     t_train = time.perf_counter()
     stats = trainer.train()
     train_s = time.perf_counter() - t_train
@@ -124,10 +125,9 @@ def run(settings: DemoSettings) -> dict:
     print(
         f"\nheld-out exact match: {before:.1%} before → {after:.1%} after ({settings.max_steps} steps, {train_s:.0f}s)"
     )
-    print("\nsome held-out answers (before | after | expected):")
-    for row, b, a in list(zip(eval_rows, before_replies, after_replies, strict=True))[:5]:
-        date = row["question"].rsplit("Date: ", 1)[1]
-        print(f"  {date!r:34} {b.strip()[:24]!r:28} {a.strip()[:16]!r:20} {row['answer']}")
+    print("\nsome held-out answers:")
+    for line in answer_table(eval_rows, before_replies, after_replies):
+        print("  " + line)
 
     model.save_pretrained(out / "adapter", tokenizer=tok)
     saved = [str(out / "adapter")]
@@ -150,12 +150,28 @@ def run(settings: DemoSettings) -> dict:
     }
 
 
+def answer_table(rows: list[dict], before: list[str], after: list[str], n: int = 5) -> list[str]:
+    """A header and ``n`` rows: the date asked about, the answer before and after training, the truth."""
+    widths = (34, 28, 20)
+    lines = [
+        "".join(h.ljust(w) for h, w in zip(("date", "before", "after"), widths, strict=True)) + "expected"
+    ]
+    for row, b, a in list(zip(rows, before, after, strict=True))[:n]:
+        date = row["question"].rsplit("Date: ", 1)[1]
+        cells = (repr(date), repr(b.strip()[:24]), repr(a.strip()[:16]))
+        lines.append(
+            "".join(c.ljust(w - 1) + " " for c, w in zip(cells, widths, strict=True)) + row["answer"]
+        )
+    return lines
+
+
 def _loss_plot(trainer, path: Path) -> Path | None:
     """The trainer's own loss.png when it wrote one, else a plot from its log history."""
     own = Path(trainer.args.output_dir) / "loss.png"
     history = [h for h in getattr(trainer.state, "log_history", []) if "loss" in h and "step" in h]
     if own.exists():
-        path.write_bytes(own.read_bytes())
+        if own.resolve() != path.resolve():
+            path.write_bytes(own.read_bytes())
         return path
     if not history:
         return None

@@ -83,7 +83,7 @@ def head_dim_of(hf) -> int:
 
 
 def _dtype_name(hf) -> str | None:
-    dt = getattr(hf, "dtype", None) or getattr(hf, "torch_dtype", None)
+    dt = getattr(hf, "dtype", None)  # transformers 5 reads an old config's torch_dtype into dtype
     if dt is None:
         return None
     return str(dt).removeprefix("torch.")

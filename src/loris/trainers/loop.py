@@ -46,7 +46,7 @@ from loris.trainers.config import TrainingConfig
 from loris.trainers.optim import build_optimizer
 from loris.trainers.parallel import Ranks, setup_ranks
 from loris.trainers.plots import LOSS_PLOT, write_loss_plot
-from loris.trainers.progress import ProgressBar, wants_bar
+from loris.trainers.progress import ProgressBar, bar_mode
 from loris.trainers.schedule import build_scheduler
 
 LOG_FILE = "log.jsonl"
@@ -155,7 +155,7 @@ class Trainer:
         self._given_optimizers = optimizers  # the user's are kept; ours are rebuilt by each train()
         self.state = TrainerState()
         self._warned: set[str] = set()
-        self._bar = ProgressBar(0, enabled=False)
+        self._bar = ProgressBar(0, mode=None)
         self._ranks = Ranks()  # this process alone until train() opens the process group (parallel.py)
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
@@ -268,7 +268,7 @@ class Trainer:
         batches = self._micro_batch_stream(batches_per_epoch)
         self.optimizer.zero_grad(set_to_none=True)  # nothing left over from an earlier backward
         self._bar = ProgressBar(
-            max_steps, state.global_step, wants_bar(args.disable_tqdm) and self._ranks.is_main
+            max_steps, state.global_step, bar_mode(args.disable_tqdm) if self._ranks.is_main else None
         )
         try:
             self._train_steps(model, batches, batches_per_epoch, max_steps, scaler, run_losses)
@@ -309,7 +309,7 @@ class Trainer:
         log_every = TrainingConfig.every(args.logging_steps, max_steps)
         save_every = TrainingConfig.every(args.save_steps, max_steps)
         eval_every = TrainingConfig.every(args.eval_steps, max_steps)
-        window_start = step_start = time.perf_counter()
+        window_start = time.perf_counter()
         window_loss, window_steps, window_tokens = 0.0, 0, 0
         while state.global_step < max_steps and not state.should_stop:
             micro_batches, epoch_ended = self._next_step_batches(batches, batches_per_epoch)
@@ -347,9 +347,7 @@ class Trainer:
             )
             for cb in self.callbacks:
                 cb.on_step_end(state, step_logs)
-            now = time.perf_counter()
-            self._bar.update(loss, lrs[0], tokens / max(now - step_start, 1e-9))
-            step_start = now
+            self._bar.update(loss, lrs[0], tokens)  # its tokens/s: the whole run so far
 
             last = step == max_steps or state.should_stop
             if step % log_every == 0 or last or (step == 1 and args.logging_first_step):
@@ -359,7 +357,7 @@ class Trainer:
                     "grad_norm": grad_norm,
                     "learning_rate": lrs[0],
                     "epoch": round(state.epoch, 4),
-                    "tokens_per_second": window_tokens / elapsed,
+                    "tokens_per_second": window_tokens / elapsed,  # since the previous log line
                 }
                 if len(lrs) > 1 and args.embedding_learning_rate is not None:
                     logs["embedding_learning_rate"] = lrs[-1]
