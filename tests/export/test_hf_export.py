@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -232,8 +233,7 @@ def test_merged_16bit_writes_16bit_whatever_the_model_computes_in(
 
     hf, _ = saved_family("llama")
     folder = tmp_path / "src"
-    hf.to(source).save_pretrained(folder)
-    hf.float()
+    copy.deepcopy(hf).to(source).save_pretrained(folder)  # the session's shared model stays fp32
     tiny_tokenizer().save_pretrained(folder)
     model, tok = _load(folder)
     assert model.dtype == torch.float32
