@@ -74,6 +74,7 @@ def test_repo_suffixes_of_loris_export():
     assert pipeline.REPO_SUFFIXES == {
         "lora": "",
         "merged_16bit": "",
+        "merged_32bit": "-fp32",
         "merged_4bit_forced": "-bnb-4bit",
         "gguf": "-GGUF",
     }
