@@ -62,7 +62,9 @@ class FaceMethods:
         validate: bool = False,
         **_: object,
     ):
-        """Unsloth's name: LoRA merged into 16-bit (or NF4-forced) safetensors; see `loris.export.hf`.
+        """Unsloth's name: LoRA merged into safetensors; see `loris.export.hf`. ``save_method``:
+        ``merged_16bit`` (16-bit always: the source's float16/bfloat16, else bfloat16),
+        ``merged_32bit`` (float32, only when asked for), ``merged_4bit_forced`` (NF4) or ``lora``.
 
         With ``push_to_hub=True``, ``save_directory`` is the Hub repo id (as in Unsloth). ``validate=True``
         reloads what was written and compares logits (`loris.export.validate`), raising on a mismatch."""
