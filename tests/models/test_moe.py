@@ -211,7 +211,7 @@ def test_merged_export_loads_in_transformers_with_equal_logits(saved_moe, tmp_pa
     _, folder = saved_moe("moe")
     model, tok = load(folder)
     model = _lora(model).eval()
-    out = model.save_pretrained_merged(tmp_path / "merged", tok)
+    out = model.save_pretrained_merged(tmp_path / "merged", tok, save_method="merged_32bit")  # exact
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert "model.layers.0.mlp.experts.3.up_proj.weight" in keys  # the Hub's per-expert layout
@@ -286,7 +286,7 @@ def test_4bit_experts_match_their_dequantized_weights(saved_moe, tmp_path):
     # merged into the original 16-bit weights (experts included), not the dequantized ones
     from transformers import AutoModelForCausalLM
 
-    out = q.eval().save_pretrained_merged(tmp_path / "merged", save_method="merged_16bit")
+    out = q.eval().save_pretrained_merged(tmp_path / "merged", save_method="merged_32bit")
     merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     full, _ = load(folder)
     full = _lora(full).eval()
