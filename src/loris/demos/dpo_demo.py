@@ -39,13 +39,13 @@ def split_sums(seed: int, held_out: int = 24, low: int = 1, high: int = 9):
 class DPODemoSettings:
     model: str
     output_dir: str = "loris-demo-dpo"
-    max_steps: int = 40
+    max_steps: int = 12
     batch_pairs: int = 4
-    learning_rate: float = 5e-5
+    learning_rate: float = 5e-4
     beta: float = 0.1
     lora_r: int = 16
     eval_questions: int = 24
-    answer_tokens: int = 16
+    answer_tokens: int = 12
     seed: int = 3407
 
     @classmethod
