@@ -38,7 +38,7 @@ class ModelState:
     peft_config: LoraConfig | None = None
     """The adapter settings once `get_peft_model` has run (None: no adapters)."""
     checkpointing: bool | str = False
-    """The activation-checkpointing mode asked for: False, True (recompute) or "offload"."""
+    """The activation-checkpointing mode asked for: False, True (recompute), "offload" or "auto"."""
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
