@@ -35,7 +35,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 from loris import FastLanguageModel  # noqa: E402
 from loris.demos.assets import smollm2_gguf  # noqa: E402
 from loris.export.gguf import save_gguf  # noqa: E402
-from loris.lora import lora_modules  # noqa: E402
+from loris.lora import expert_lora_modules, lora_modules  # noqa: E402
 from tiny_models import BASE, tiny_bpe_tokenizer  # noqa: E402
 
 FLOAT_METHODS = ["f32", "f16", "bf16"]
@@ -170,7 +170,7 @@ def _lora_model(folder: Path, kw: dict):
     )
     model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8, use_gradient_checkpointing=False)
     g = torch.Generator().manual_seed(1)
-    for _, m in lora_modules(model):
+    for _, m in [*lora_modules(model), *expert_lora_modules(model)]:
         with torch.no_grad():
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.05)
     return model.eval(), tok
