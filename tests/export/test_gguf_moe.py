@@ -55,3 +55,19 @@ def test_gguf_holds_llama_cpp_qwen3moe_tensors(tuned, tmp_path):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-6)
     assert "blk.0.attn_q_norm.weight" in tensors and "blk.2.ffn_down_exps.weight" in tensors
     assert not any("lora" in n for n in tensors)
+
+
+def test_gguf_export_writes_the_qwen3_ollama_modelfile(tuned, tmp_path):
+    """Qwen3-MoE chats in Qwen3's template: the Modelfile beside its GGUF carries that template's
+    Ollama form (rendered against the Jinja template by tests/export/test_ollama.py)."""
+    from loris.chat_templates import get_chat_template
+    from loris.export.ollama import ollama_template
+
+    model, tok = tuned
+    tok = get_chat_template(tok, "qwen-3")
+    (path,) = model.save_pretrained_gguf(tmp_path / "gguf", tok, quantization_method="q8_0")
+    modelfile = (path.parent / "Modelfile").read_text()
+    template, _, stops = ollama_template("qwen-3")
+    assert f"FROM {path.name}" in modelfile.splitlines()[0]
+    assert f'TEMPLATE """{template}"""' in modelfile
+    assert all(f'PARAMETER stop "{s}"' in modelfile for s in stops)
