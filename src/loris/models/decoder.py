@@ -9,7 +9,6 @@ Gemma 2's logit soft-capping.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from loris.kernels.rope import apply_rope
 from loris.kernels.softcap_attention import softcap_attention
 from loris.lora import gated_mlp, project
 from loris.models.config import ModelConfig
+from loris.models.lm_output import CausalLMOutput, causal_lm_output, softcap_logits
 from loris.models.moe import RouterStats, SparseMoE, aux_loss_term
 from loris.models.rope import rope_cos_sin
 from loris.models.state import ModelState
@@ -33,18 +33,6 @@ LinearFactory = Callable[[int, int, bool], nn.Module]
 
 def default_linear(in_features: int, out_features: int, bias: bool) -> nn.Module:
     return nn.Linear(in_features, out_features, bias=bias)
-
-
-@dataclass
-class CausalLMOutput:
-    """What transformers' `CausalLMOutputWithPast` carries that callers use."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    hidden_states: torch.Tensor | None = None
-
-    def __getitem__(self, key: str):
-        return getattr(self, key)
 
 
 class RMSNorm(nn.Module):
@@ -290,10 +278,15 @@ class LorisForCausalLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         kv_cache=None,
         inputs_embeds: torch.Tensor | None = None,
+        *,
+        router_stats: RouterStats | None = None,
     ) -> torch.Tensor:
-        """Final-norm hidden states (batch, seq, hidden)."""
+        """Final-norm hidden states (batch, seq, hidden).
+
+        ``router_stats``: this forward's routing record for the MoE layers' load-balancing loss
+        (`_router_stats`), None when this pass takes no such term (see `_install_router_stats`)."""
         cfg = self.config
-        self._install_router_stats()
+        self._install_router_stats(router_stats)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if cfg.embed_scale != 1.0:
             x = x * torch.tensor(cfg.embed_scale, dtype=x.dtype)
@@ -321,11 +314,7 @@ class LorisForCausalLM(nn.Module):
         return self.norm(x)
 
     def logits_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(h)
-        cap = self.config.final_logit_softcap
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return softcap_logits(self.lm_head(h), self.config.final_logit_softcap)
 
     def forward(
         self,
@@ -348,28 +337,27 @@ class LorisForCausalLM(nn.Module):
         into a sum divided by that count, for exact gradient accumulation.
         """
         stats = self._router_stats(labels, attention_mask)
-        self.__dict__["_next_router_stats"] = stats
         try:
-            h = self.hidden_states(input_ids, attention_mask, position_ids, kv_cache, inputs_embeds)
+            h = self.hidden_states(
+                input_ids, attention_mask, position_ids, kv_cache, inputs_embeds, router_stats=stats
+            )
         finally:
             if stats is not None:
                 stats.open = False  # complete: recomputes in backward add nothing to it
-        loss = None
-        if labels is not None:
-            shifted = F.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1).to(h.device)
-            flat = h.reshape(-1, h.shape[-1])
-            if num_items_in_batch is None:
-                loss = self._lm_loss(flat, shifted, "mean")
-            else:
-                loss = self._lm_loss(flat, shifted, "sum") / num_items_in_batch
-            if stats is not None and stats.counts:
-                loss = loss + aux_loss_term(stats, self.config.moe.router_aux_loss_coef, loss.device)
-        if return_logits is None:
-            return_logits = labels is None or not self.training
-        logits = None
-        if return_logits:
-            logits = self.logits_from_hidden(h[:, -logits_to_keep:] if logits_to_keep else h)
-        return CausalLMOutput(loss=loss, logits=logits)
+        out = causal_lm_output(
+            h,
+            labels,
+            lm_loss=self._lm_loss,
+            logits_from_hidden=self.logits_from_hidden,
+            training=self.training,
+            num_items_in_batch=num_items_in_batch,
+            return_logits=return_logits,
+            logits_to_keep=logits_to_keep,
+        )
+        if out.loss is not None and stats is not None and stats.counts:
+            coef = self.config.moe.router_aux_loss_coef
+            out.loss = out.loss + aux_loss_term(stats, coef, out.loss.device)
+        return out
 
     def _router_stats(self, labels, attention_mask) -> RouterStats | None:
         """A fresh routing record for the MoE layers when this forward's loss takes the
@@ -380,11 +368,15 @@ class LorisForCausalLM(nn.Module):
         weights = attention_mask.reshape(-1) if attention_mask is not None else None
         return RouterStats(token_weights=weights)
 
-    def _install_router_stats(self) -> None:
-        """Hand the MoE layers this forward's record (None: no load-balancing term this time)."""
+    def _install_router_stats(self, stats: RouterStats | None) -> None:
+        """Hand the MoE layers this pass's record (None: no load-balancing term this time).
+
+        Every pass sets it, so a record never leaks into a later pass (a GRPO log-prob pass calls
+        `hidden_states` directly). Each layer keeps it after the forward on purpose: activation
+        checkpointing recomputes the layer in backward, and that recompute must route the aux
+        gradient through the same, by then closed, record (`loris.models.moe.RouterStats`)."""
         if self.config.moe is None:
             return
-        stats = self.__dict__.pop("_next_router_stats", None)
         for block in self.layers:
             if isinstance(block.mlp, SparseMoE):
                 block.mlp.stats = stats

@@ -28,8 +28,8 @@ from torch import nn
 from loris.kernels.cross_entropy import linear_cross_entropy
 from loris.lora import LoraConfig, LoraLinear
 from loris.models.config import SUPPORTED_MODEL_TYPES, UnsupportedModelError
-from loris.models.decoder import CausalLMOutput
 from loris.models.generic_config import INDEX, GenericConfig
+from loris.models.lm_output import CausalLMOutput, causal_lm_output, softcap_logits
 from loris.models.state import ModelState
 from loris.quant import QuantizedLinear, quantized_linear
 
@@ -171,10 +171,7 @@ class GenericCausalLM(nn.Module):
         logits = self.lm_head(h)
         if self.config.logit_scale != 1.0:
             logits = logits * self.config.logit_scale
-        cap = self.config.final_logit_softcap
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return softcap_logits(logits, self.config.final_logit_softcap)
 
     def forward(
         self,
@@ -192,20 +189,16 @@ class GenericCausalLM(nn.Module):
     ) -> CausalLMOutput:
         """As `LorisForCausalLM.forward`: shifted labels, -100 ignored, chunked loss while training."""
         h = self.hidden_states(input_ids, attention_mask, position_ids, kv_cache, inputs_embeds)
-        loss = None
-        if labels is not None:
-            shifted = F.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1).to(h.device)
-            flat = h.reshape(-1, h.shape[-1])
-            if num_items_in_batch is None:
-                loss = self._lm_loss(flat, shifted, "mean")
-            else:
-                loss = self._lm_loss(flat, shifted, "sum") / num_items_in_batch
-        if return_logits is None:
-            return_logits = labels is None or not self.training
-        logits = None
-        if return_logits:
-            logits = self.logits_from_hidden(h[:, -logits_to_keep:] if logits_to_keep else h)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return causal_lm_output(
+            h,
+            labels,
+            lm_loss=self._lm_loss,
+            logits_from_hidden=self.logits_from_hidden,
+            training=self.training,
+            num_items_in_batch=num_items_in_batch,
+            return_logits=return_logits,
+            logits_to_keep=logits_to_keep,
+        )
 
     def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
         if not self.head_is_linear:
