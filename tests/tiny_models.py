@@ -218,3 +218,45 @@ def make_moe_model(seed: int = 0, **overrides):
             elif name.endswith("mlp.gate.weight"):
                 p.normal_(0.0, 0.5)
     return model.eval()
+
+
+GPT_OSS = dict(
+    model_type="gpt_oss",
+    head_dim=16,
+    intermediate_size=32,
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    sliding_window=4,  # shorter than the test sequences: the window and the sinks both matter
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    rope_parameters=dict(
+        rope_type="yarn",
+        factor=8.0,
+        beta_fast=32.0,
+        beta_slow=1.0,
+        truncate=False,
+        original_max_position_embeddings=16,
+        rope_theta=150000.0,
+    ),
+    output_router_logits=True,
+    router_aux_loss_coef=0.1,
+    attn_implementation="eager",  # transformers' gpt-oss has no SDPA path
+)
+
+
+def make_gpt_oss_model(seed: int = 0, **overrides):
+    """A random transformers gpt-oss (norms, sinks, router and every bias randomised)."""
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    kw = {**BASE, **GPT_OSS, **overrides}
+    model_type = kw.pop("model_type")
+    attn = kw.pop("attn_implementation")
+    torch.manual_seed(seed)
+    config = CONFIG_MAPPING[model_type](**kw)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.3)
+            elif name.endswith(("sinks", "bias")) or ".router." in name:
+                p.normal_(0.0, 0.5)
+    return model.eval()

@@ -66,3 +66,22 @@ def test_phi3_longrope_tables_switch_factors_with_length(length):
     assert cfg.rope.rotary_dim == 8
     positions = torch.arange(length)[None]
     _compare(Phi3RotaryEmbedding(hf), cfg, positions)
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_gpt_oss_yarn_tables(truncate):
+    """gpt-oss' YaRN (its default rope_parameters, with and without truncating the ramp)."""
+    from transformers import GptOssConfig
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding
+
+    hf = GptOssConfig(**BASE, head_dim=16, num_local_experts=2, max_position_embeddings=4096)
+    hf.rope_parameters["truncate"] = truncate
+    cfg = ModelConfig.from_hf(hf)
+    assert cfg.rope.rope_type == "yarn" and cfg.rope.truncate is truncate and cfg.rope.theta == 150000.0
+    positions = torch.stack([torch.arange(0, 4000, 37), torch.arange(5, 4005, 37)])
+    ref_cos, ref_sin = GptOssRotaryEmbedding(hf)(torch.zeros(1), positions)
+    cos, sin = rope_cos_sin(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, positions, torch.float32)
+    # gpt-oss rotates (first half, second half) pairs with half-width tables; loris' hold them twice
+    torch.testing.assert_close(cos, torch.cat([ref_cos, ref_cos], -1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin, torch.cat([ref_sin, ref_sin], -1), rtol=0, atol=1e-6)
+    assert (cos[0, 5] - cos[0, 4]).abs().max() > 0.01

@@ -234,11 +234,45 @@ def _loris_tensors(
     return out
 
 
+def _stacked_expert_tensors(name: str, experts: Experts, original: OriginalWeights | None) -> list:
+    """gpt-oss' layout: each projection one stacked (experts, in, out) tensor under transformers'
+    name (``<layer>.mlp.experts.gate_up_proj``), LoRA merged, plus the expert biases. A 4-bit stack
+    is merged into the original 16-bit stack when it is at hand, else into its dequantized form."""
+    quantized = experts.gate_up_proj_q is not None or experts.down_proj_q is not None
+
+    def thunk(proj: str, slot: str):
+        def compute() -> torch.Tensor:
+            w = original.get_hf(f"model.{name}.{proj}") if quantized and original else None
+            with torch.no_grad():
+                if w is None:
+                    w = expert_weight(experts, slot).detach().float().cpu()  # (experts, out, in)
+                else:
+                    w = w.float().transpose(1, 2)
+                lora = getattr(experts, slot)
+                if lora is not None and not lora.disabled:
+                    w = w + lora.delta_weight().float().cpu()
+            return w.transpose(1, 2).contiguous()
+
+        return compute
+
+    out = []
+    for proj, slot in (("gate_up_proj", "gate_up_lora"), ("down_proj", "down_lora")):
+        out.append((f"{name}.{proj}", experts.shapes[proj], thunk(proj, slot), False))
+        bias = getattr(experts, proj + "_bias")
+        if bias is not None:
+            out.append(
+                (f"{name}.{proj}_bias", tuple(bias.shape), lambda b=bias: b.detach().float().cpu(), False)
+            )
+    return out
+
+
 def _expert_tensors(name: str, experts: Experts, original: OriginalWeights | None) -> list:
     """Each expert's gate, up and down weight (LoRA merged) under transformers' per-expert names,
     ``<layer>.mlp.experts.<e>.<proj>.weight``, as Hub checkpoints store them. A 4-bit stack is
     merged into the original 16-bit expert weights when they are at hand, else dequantized once per
     projection (the thunks run in plan order, projection by projection)."""
+    if experts.transposed:
+        return _stacked_expert_tensors(name, experts, original)
     inter = experts.intermediate
     last: dict[str, torch.Tensor] = {}
 

@@ -53,6 +53,7 @@ class ModelConfig:
     # attention
     attn_scale: float | None = None  # None = 1/sqrt(head_dim)
     attn_logit_softcap: float | None = None
+    attn_sinks: bool = False  # gpt-oss: a learned logit per head in every softmax denominator
     sliding_window: int | None = None
     layer_types: list[str] = field(default_factory=list)  # "full_attention" | "sliding_attention" per layer
     rope: RopeConfig = field(default_factory=RopeConfig)

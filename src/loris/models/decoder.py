@@ -3,7 +3,7 @@
 Blocks receive their projections (q/k/v/o, gate/up/down) as modules, so a LoRA wrapper or a
 4-bit linear replaces a slot without a parallel class tree. Attention runs through PyTorch's
 `scaled_dot_product_attention` (GQA, causal, padding, sliding windows), with an explicit path for
-Gemma 2's logit soft-capping.
+Gemma 2's logit soft-capping and one for gpt-oss' attention sinks (`loris.kernels.sink_attention`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from loris.kernels.cross_entropy import linear_cross_entropy
 from loris.kernels.qk_norm_rope import qk_norm_rope
 from loris.kernels.rms_norm import rms_norm
 from loris.kernels.rope import apply_rope
+from loris.kernels.sink_attention import sink_attention
 from loris.kernels.softcap_attention import softcap_attention
 from loris.lora import gated_mlp, project
 from loris.models.config import ModelConfig
@@ -65,6 +66,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)
         else:
             self.q_norm = self.k_norm = None
+        self.sinks = nn.Parameter(torch.zeros(cfg.num_heads)) if cfg.attn_sinks else None
 
     def forward(
         self,
@@ -87,7 +89,9 @@ class Attention(nn.Module):
             q, k = apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v, cache_start)
-        if self.softcap is not None:
+        if self.sinks is not None:
+            out = sink_attention(q, k, v, mask, self.scale, self.sinks)
+        elif self.softcap is not None:
             out = softcap_attention(q, k, v, mask, self.scale, self.softcap)
         else:
             out = F.scaled_dot_product_attention(
@@ -135,6 +139,7 @@ class Block(nn.Module):
                 moe.top_k,
                 moe.norm_topk_prob,
                 cfg.activation,
+                moe,
             )
         else:
             self.mlp = MLP(cfg, make_linear)

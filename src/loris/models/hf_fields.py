@@ -37,7 +37,7 @@ class RopeConfig:
 
 @dataclass
 class MoEConfig:
-    """The sparse feed-forward of a Mixture-of-Experts family (Qwen3-MoE), see `loris.models.moe`."""
+    """The sparse feed-forward of a Mixture-of-Experts family (Qwen3-MoE, gpt-oss), see `loris.models.moe`."""
 
     num_experts: int
     top_k: int  # experts per token
@@ -47,6 +47,18 @@ class MoEConfig:
     mlp_only_layers: list[int] = field(default_factory=list)  # ... except these (dense MLP)
     router_aux_loss_coef: float = 0.0
     output_router_logits: bool = False  # transformers adds the load-balancing loss only when True
+    # gpt-oss: a router with a bias, experts with biases, stored (experts, in, out) with gate and
+    # up columns interleaved, and a clamped SwiGLU ``(clamp(u, ±limit) + 1) · g·σ(alpha·g)`` with
+    # ``g = min(g, limit)``
+    router_bias: bool = False
+    expert_bias: bool = False
+    expert_layout: str = "stacked"  # "stacked": (E, out, in), gate rows then up rows | "gpt_oss"
+    swiglu_limit: float | None = None  # None: the family's plain gated activation
+    swiglu_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.expert_layout not in ("stacked", "gpt_oss"):
+            raise ValueError(f"unknown expert_layout {self.expert_layout!r} (stacked, gpt_oss)")
 
     def is_sparse(self, layer: int) -> bool:
         return layer not in self.mlp_only_layers and (layer + 1) % self.sparse_step == 0

@@ -1,10 +1,19 @@
-"""Mixture-of-Experts feed-forward (Qwen3-MoE): a top-k softmax router and experts run as grouped GEMMs.
+"""Mixture-of-Experts feed-forward (Qwen3-MoE, gpt-oss): a top-k softmax router and experts run as
+grouped GEMMs.
 
 Layout follows transformers 5: per layer a router ``gate`` (experts × hidden) and one stacked weight
 per projection, ``experts.gate_up_proj`` (experts, 2·moe_intermediate, hidden: gate rows then up
 rows) and ``experts.down_proj`` (experts, hidden, moe_intermediate). Tokens are sorted by the
 expert they were routed to and every projection is one grouped GEMM over all experts
 (`loris.kernels.grouped_linear`); `moe_reference` is the loop over experts the tests compare with.
+
+gpt-oss (``MoEConfig.expert_layout == "gpt_oss"``) keeps transformers' layout for it: a router with
+a bias, experts with biases, ``gate_up_proj`` (experts, hidden, 2·intermediate) with gate and up
+columns interleaved (gate, up, gate, up, ...) and ``down_proj`` (experts, intermediate, hidden),
+i.e. every weight stored (in, out) and run through the same grouped GEMM as a transposed view; its
+clamped SwiGLU is `clamped_swiglu`. Its router (top-k of the logits, softmax over those k) equals
+the softmax router with ``norm_topk_prob``: softmax over k logits is their probabilities
+renormalised.
 
 LoRA on experts (`loris.lora.ExpertLora`, put in place by `inject_expert_lora`) is one low-rank
 pair per expert over a stacked weight, as PEFT's ``target_parameters`` adapters are.
@@ -27,6 +36,7 @@ from torch import nn
 from loris.kernels.activations import GATED_ACTIVATIONS
 from loris.kernels.grouped_linear import grouped_input_grad, grouped_linear
 from loris.lora import ExpertLora, LoraConfig
+from loris.models.hf_fields import MoEConfig
 from loris.quant import QuantizedLinear, quantized_linear
 
 
@@ -119,42 +129,76 @@ class _FrozenGroupedLinear(torch.autograd.Function):
     (only the input gradient; the weights are frozen), never kept between the two."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, q: QuantizedLinear, shape: tuple, offsets: torch.Tensor):
-        ctx.q, ctx.shape = q, shape
+    def forward(
+        ctx, x: torch.Tensor, q: QuantizedLinear, shape: tuple, offsets: torch.Tensor, transposed: bool
+    ):
+        ctx.q, ctx.shape, ctx.transposed = q, shape, transposed
         ctx.save_for_backward(offsets)
         with torch.no_grad():
-            return grouped_linear(x, q.dequantize(x.dtype).view(shape), offsets)
+            return grouped_linear(x, _as_out_in(q.dequantize(x.dtype).view(shape), transposed), offsets)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None
         (offsets,) = ctx.saved_tensors
-        w = ctx.q.dequantize(dy.dtype).view(ctx.shape)
-        return grouped_input_grad(dy, w, offsets), None, None, None
+        w = _as_out_in(ctx.q.dequantize(dy.dtype).view(ctx.shape), ctx.transposed).contiguous()
+        return grouped_input_grad(dy, w, offsets), None, None, None, None
+
+
+def _as_out_in(w: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """A stacked weight as (experts, out, in), a view when it is stored (experts, in, out)."""
+    return w.transpose(1, 2) if transposed else w
+
+
+def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """gpt-oss' gated activation: ``(clamp(up, ±limit) + 1) · g · sigmoid(alpha · g)``, ``g = min(gate, limit)``."""
+    gate = gate.clamp(max=limit)
+    up = up.clamp(-limit, limit)
+    return (up + 1) * gate * torch.sigmoid(gate * alpha)
 
 
 class Experts(nn.Module):
-    """Every expert's gated MLP, stacked: ``gate_up_proj`` (E, 2I, H), ``down_proj`` (E, H, I).
+    """Every expert's gated MLP, stacked: ``gate_up_proj`` (E, 2I, H), ``down_proj`` (E, H, I); in
+    gpt-oss' layout (``transposed``) (E, H, 2I) with gate/up columns interleaved and (E, I, H), plus
+    biases ``gate_up_proj_bias`` (E, 2I) and ``down_proj_bias`` (E, H).
 
     `quantize` turns a stacked weight into one 4-bit matrix (experts·rows, cols) kept in
     ``<name>_q``; the forward then dequantizes it per use (QLoRA on the experts)."""
 
-    def __init__(self, num_experts: int, hidden: int, intermediate: int, activation: str):
+    def __init__(
+        self, num_experts: int, hidden: int, intermediate: int, activation: str, moe: MoEConfig | None = None
+    ):
         super().__init__()
         self.num_experts, self.intermediate = num_experts, intermediate
-        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))
-        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
+        self.transposed = moe is not None and moe.expert_layout == "gpt_oss"
         self.shapes = {
             "gate_up_proj": (num_experts, 2 * intermediate, hidden),
             "down_proj": (num_experts, hidden, intermediate),
-        }
+        }  # as stored
+        if self.transposed:
+            self.shapes = {k: (e, i, o) for k, (e, o, i) in self.shapes.items()}
+        self.gate_up_proj = nn.Parameter(torch.empty(self.shapes["gate_up_proj"]))
+        self.down_proj = nn.Parameter(torch.empty(self.shapes["down_proj"]))
+        if moe is not None and moe.expert_bias:
+            self.gate_up_proj_bias = nn.Parameter(torch.empty(num_experts, 2 * intermediate))
+            self.down_proj_bias = nn.Parameter(torch.empty(num_experts, hidden))
+        else:
+            self.gate_up_proj_bias = self.down_proj_bias = None
         self.gate_up_proj_q: QuantizedLinear | None = None
         self.down_proj_q: QuantizedLinear | None = None
         self.activation = activation
         self.act = GATED_ACTIVATIONS[activation]
+        if moe is not None and moe.swiglu_limit is not None:
+            alpha, limit = moe.swiglu_alpha, moe.swiglu_limit
+            self.act = lambda gate, up: clamped_swiglu(gate, up, alpha, limit)
         self.gate_up_lora: ExpertLora | None = None
         self.down_lora: ExpertLora | None = None
+
+    def out_in_shape(self, name: str) -> tuple[int, int, int]:
+        """(experts, out, in) of stacked weight ``name``, whatever its storage order."""
+        e, a, b = self.shapes[name]
+        return (e, b, a) if self.transposed else (e, a, b)
 
     def quantize(self, name: str, mode: str) -> None:
         """Store stacked weight ``name`` quantized (nf4 / int8) and drop its 16-bit copy."""
@@ -172,11 +216,17 @@ class Experts(nn.Module):
             return w if dtype is None else w.to(dtype)
         return q.dequantize(dtype).view(self.shapes[name])
 
-    def _project(self, x: torch.Tensor, name: str, offsets: torch.Tensor) -> torch.Tensor:
+    def _project(
+        self, x: torch.Tensor, name: str, offsets: torch.Tensor, experts: torch.Tensor
+    ) -> torch.Tensor:
+        """Rows ``x`` (sorted by expert; ``experts`` their expert ids) through stacked weight ``name``."""
         q = getattr(self, name + "_q")
         if q is None:
-            return grouped_linear(x, getattr(self, name), offsets)
-        return _FrozenGroupedLinear.apply(x, q, self.shapes[name], offsets)
+            out = grouped_linear(x, _as_out_in(getattr(self, name), self.transposed), offsets)
+        else:
+            out = _FrozenGroupedLinear.apply(x, q, self.shapes[name], offsets, self.transposed)
+        bias = getattr(self, name + "_bias")
+        return out if bias is None else out + bias[experts].to(out.dtype)
 
     def forward(self, x: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
         """``x`` (tokens, H); ``top_i`` / ``top_w`` (tokens, k): chosen experts and their weights."""
@@ -187,12 +237,16 @@ class Experts(nn.Module):
         ones = torch.ones_like(flat)
         offsets = flat.new_zeros(self.num_experts).scatter_add_(0, flat, ones).cumsum(0).to(torch.int32)
         xs = x[rows]
-        h = self._project(xs, "gate_up_proj", offsets)
+        ids = flat[order]
+        h = self._project(xs, "gate_up_proj", offsets, ids)
         if self.gate_up_lora is not None and self.gate_up_lora.active:
             h = h + self.gate_up_lora(xs, offsets).to(h.dtype)
-        gate, up = h.split(self.intermediate, dim=-1)
+        if self.transposed:
+            gate, up = h[:, 0::2], h[:, 1::2]
+        else:
+            gate, up = h.split(self.intermediate, dim=-1)
         a = self.act(gate, up)
-        out = self._project(a, "down_proj", offsets)
+        out = self._project(a, "down_proj", offsets, ids)
         if self.down_lora is not None and self.down_lora.active:
             out = out + self.down_lora(a, offsets).to(out.dtype)
         out = out * top_w.reshape(-1)[order, None].to(out.dtype)
@@ -221,17 +275,21 @@ class SparseMoE(nn.Module):
         top_k: int,
         norm_topk_prob: bool,
         activation: str,
+        moe: MoEConfig | None = None,
     ):
+        """``moe``: the family's options beyond these (gpt-oss' biases, layout and activation)."""
         super().__init__()
-        self.gate = nn.Linear(hidden, num_experts, bias=False)
-        self.experts = Experts(num_experts, hidden, intermediate, activation)
+        self.gate = nn.Linear(hidden, num_experts, bias=moe is not None and moe.router_bias)
+        self.experts = Experts(num_experts, hidden, intermediate, activation, moe)
         self.top_k, self.norm_topk_prob = top_k, norm_topk_prob
         self.stats: RouterStats | None = None  # set by the model for a forward that needs the aux loss
 
     def forward(self, x: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        probs, top_w, top_i = route(F.linear(flat, self.gate.weight), self.top_k, self.norm_topk_prob)
+        probs, top_w, top_i = route(
+            F.linear(flat, self.gate.weight, self.gate.bias), self.top_k, self.norm_topk_prob
+        )
         stats = self.stats
         if stats is not None:
             if stats.open:
@@ -249,20 +307,27 @@ def moe_reference(
     top_k: int,
     norm_topk_prob: bool,
     act_fn,
+    *,
+    router_bias: torch.Tensor | None = None,
+    gate_up_bias: torch.Tensor | None = None,
+    down_bias: torch.Tensor | None = None,
+    interleaved: bool = False,
 ) -> torch.Tensor:
     """The sparse block written as a loop over experts (transformers' way), for parity tests.
-    ``gate_up`` / ``down`` are the effective (LoRA-merged) stacked weights."""
+    ``gate_up`` / ``down`` are the effective (LoRA-merged) stacked weights as (experts, out, in);
+    ``interleaved``: gate and up rows alternate (gpt-oss)."""
     flat = x.reshape(-1, x.shape[-1])
-    _, top_w, top_i = route(flat @ router.t(), top_k, norm_topk_prob)
+    _, top_w, top_i = route(F.linear(flat, router, router_bias), top_k, norm_topk_prob)
     out = torch.zeros_like(flat)
     inter = down.shape[-1]
     for e in range(router.shape[0]):
         token, slot = torch.where(top_i == e)
         if token.numel() == 0:
             continue
-        h = flat[token] @ gate_up[e].t()
-        a = act_fn(h[:, :inter], h[:, inter:])
-        out.index_add_(0, token, (a @ down[e].t()) * top_w[token, slot, None])
+        h = F.linear(flat[token], gate_up[e], None if gate_up_bias is None else gate_up_bias[e])
+        g, u = (h[:, 0::2], h[:, 1::2]) if interleaved else (h[:, :inter], h[:, inter:])
+        y = F.linear(act_fn(g, u), down[e], None if down_bias is None else down_bias[e])
+        out.index_add_(0, token, y * top_w[token, slot, None])
     return out.reshape(x.shape)
 
 
@@ -289,7 +354,7 @@ def inject_expert_lora(model, cfg: LoraConfig) -> int:
             ex = block.mlp.experts
             device = block.mlp.gate.weight.device
             for slot in wanted:
-                e, out_f, in_f = ex.shapes[_SLOT_WEIGHT[slot]]
+                e, out_f, in_f = ex.out_in_shape(_SLOT_WEIGHT[slot])
                 r = ranks[slot]
                 scaling = cfg.lora_alpha * r / cfg.r / (math.sqrt(r) if cfg.use_rslora else r)
                 lora = ExpertLora(e, in_f, out_f, r, scaling, device=device)
@@ -303,8 +368,11 @@ _SLOT_WEIGHT = {"gate_up_lora": "gate_up_proj", "down_lora": "down_proj"}
 
 
 def expert_weight(experts: Experts, slot: str) -> torch.Tensor:
-    """The stacked base weight an expert adapter slot updates (dequantized, fp32, if 4-bit)."""
+    """The stacked base weight an expert adapter slot updates, as (experts, out, in) like the
+    adapter's `ExpertLora.delta_weight` (dequantized, fp32, if 4-bit)."""
     name = _SLOT_WEIGHT[slot]
     if getattr(experts, name + "_q") is None:
-        return getattr(experts, name)
-    return experts.weight(name, torch.float32)
+        w = getattr(experts, name)
+    else:
+        w = experts.weight(name, torch.float32)
+    return _as_out_in(w, experts.transposed)

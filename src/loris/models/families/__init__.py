@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from loris.models.families import gemma, llama, mistral, phi3, qwen2, qwen3, qwen3_moe
+from loris.models.families import gemma, gpt_oss, llama, mistral, phi3, qwen2, qwen3, qwen3_moe
 from loris.models.families.names import Split, Stacked, WeightMap
 from loris.models.families.spec import FamilySpec
 from loris.models.generic_config import GenericConfig
@@ -42,6 +42,7 @@ FAMILIES: dict[str, FamilySpec] = {
         qwen2.SPEC,
         qwen3.SPEC,
         qwen3_moe.SPEC,
+        gpt_oss.SPEC,
         gemma.GEMMA2,
         gemma.GEMMA3,
         phi3.SPEC,

@@ -1,0 +1,315 @@
+"""gpt-oss, loris' native implementation, against transformers' GptOssForCausalLM (eager attention:
+sinks and the sliding window; the sparse block; logits; loss with the load-balancing term and the
+full fine-tuning gradients) and PEFT 0.21 (expert adapters through ``target_parameters``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from loris import FastLanguageModel
+from loris.lora import ExpertLora, expert_lora_modules, lora_modules
+from loris.models.decoder import LorisForCausalLM
+from loris.models.families.gpt_oss import SWIGLU_ALPHA, SWIGLU_LIMIT
+from loris.models.moe import SparseMoE, clamped_swiglu, moe_reference
+
+
+@pytest.fixture(scope="module")
+def saved_gpt_oss(tmp_path_factory):
+    """(transformers model, folder) of a tiny random gpt-oss saved by transformers."""
+    from tiny_models import make_gpt_oss_model, tiny_tokenizer
+
+    model = make_gpt_oss_model()
+    folder = tmp_path_factory.mktemp("gpt_oss")
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return model, folder
+
+
+def load(folder, **kw):
+    kw = {"load_in_4bit": False, "dtype": torch.float32, "device_map": "cpu", **kw}
+    return FastLanguageModel.from_pretrained(str(folder), **kw)
+
+
+def batch(seed=0, b=2, n=11, side="right"):
+    """Rows longer than the sliding window (4); row 0 padded on ``side``."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 160, (b, n), generator=g)
+    mask = torch.ones_like(ids)
+    if side == "right":
+        mask[0, -3:] = 0
+    else:
+        mask[0, :3] = 0
+    return ids, mask
+
+
+def test_sparse_block_equals_transformers_and_the_expert_loop():
+    from transformers import CONFIG_MAPPING
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
+
+    from tiny_models import BASE, GPT_OSS, make_gpt_oss_model
+
+    kw = {**BASE, **GPT_OSS}
+    kw.pop("model_type"), kw.pop("attn_implementation")
+    torch.manual_seed(1)
+    ref = GptOssMLP(CONFIG_MAPPING["gpt_oss"](**kw))
+    for p in ref.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    model = make_gpt_oss_model()
+    moe = model.config  # the same options as a loaded model gets
+    from loris.models.config import ModelConfig
+
+    cfg = ModelConfig.from_hf(moe)
+    ours = SparseMoE(64, 32, 4, 2, True, "silu", cfg.moe)
+    with torch.no_grad():
+        ours.gate.weight.copy_(ref.router.weight)
+        ours.gate.bias.copy_(ref.router.bias)
+        for name in ("gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"):
+            getattr(ours.experts, name).copy_(getattr(ref.experts, name))
+    x = torch.randn(3, 7, 64) * 3  # large enough for the clamps to act
+    with torch.no_grad():
+        want = ref(x)[0]
+        torch.testing.assert_close(ours(x), want, rtol=1e-5, atol=1e-5)
+        ex = ours.experts
+        loop = moe_reference(
+            x, ours.gate.weight, ex.gate_up_proj.transpose(1, 2), ex.down_proj.transpose(1, 2), 2, True,
+            lambda g, u: clamped_swiglu(g, u, SWIGLU_ALPHA, SWIGLU_LIMIT),
+            router_bias=ours.gate.bias, gate_up_bias=ex.gate_up_proj_bias, down_bias=ex.down_proj_bias,
+            interleaved=True,
+        )  # fmt: skip
+        torch.testing.assert_close(loop, want, rtol=1e-5, atol=1e-5)
+        h = x.reshape(-1, 64) @ ex.gate_up_proj[0]
+        assert (h[:, 0::2] > SWIGLU_LIMIT).any() or (h[:, 1::2].abs() > SWIGLU_LIMIT).any()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_logits_equal_transformers(side, saved_gpt_oss):
+    hf, folder = saved_gpt_oss
+    model, _ = load(folder)
+    assert isinstance(model, LorisForCausalLM)
+    assert model.config.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    assert model.config.rope.rope_type == "yarn" and not model.config.rope.truncate
+    assert all(isinstance(b.mlp, SparseMoE) for b in model.layers)
+    ids, mask = batch(side=side)
+    with torch.no_grad():
+        ours = model(ids, attention_mask=mask).logits
+        ref = hf(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(model(ids).logits, hf(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], ref[real], rtol=1e-5, atol=1e-5)
+
+
+def test_sinks_and_window_change_the_logits(saved_gpt_oss):
+    """The parity above would not see the sinks or the window if they did nothing here."""
+    _, folder = saved_gpt_oss
+    model, _ = load(folder)
+    ids, _ = batch(1)
+    with torch.no_grad():
+        base = model(ids).logits
+        for block in model.layers:
+            block.self_attn.sinks.fill_(-1e4)
+        assert (model(ids).logits - base).abs().max() > 1e-3
+    model, _ = load(folder)
+    with torch.no_grad():
+        for block in model.layers:
+            block.self_attn.sliding_window = None
+        model.config.sliding_window = None
+        assert (model(ids).logits - base).abs().max() > 1e-3
+
+
+def test_loss_with_load_balancing_term_and_gradients_equal_transformers(saved_gpt_oss):
+    """Full fine-tuning gradients: sinks, router (with the load-balancing gradient) and biases."""
+    hf, folder = saved_gpt_oss
+    model, _ = load(folder, full_finetuning=True)
+    model.train()
+    hf = hf.train()
+    ids, mask = batch(2)
+    labels = ids.masked_fill(mask == 0, -100)
+    loss = model(ids, attention_mask=mask, labels=labels).loss
+    out = hf(input_ids=ids, attention_mask=mask, labels=labels)
+    assert out.aux_loss.item() > 0
+    torch.testing.assert_close(loss, out.loss, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    out.loss.backward()
+    theirs = dict(hf.named_parameters())
+    ours = dict(model.named_parameters())
+    pairs = {
+        "layers.0.self_attn.sinks": "model.layers.0.self_attn.sinks",
+        "layers.1.self_attn.q_proj.bias": "model.layers.1.self_attn.q_proj.bias",
+        "layers.0.mlp.gate.weight": "model.layers.0.mlp.router.weight",
+        "layers.2.mlp.gate.bias": "model.layers.2.mlp.router.bias",
+        "layers.2.mlp.experts.gate_up_proj": "model.layers.2.mlp.experts.gate_up_proj",
+        "layers.1.mlp.experts.gate_up_proj_bias": "model.layers.1.mlp.experts.gate_up_proj_bias",
+        "layers.1.mlp.experts.down_proj": "model.layers.1.mlp.experts.down_proj",
+        "layers.0.mlp.experts.down_proj_bias": "model.layers.0.mlp.experts.down_proj_bias",
+    }
+    for mine, ref in pairs.items():
+        assert theirs[ref].grad.abs().max() > 0, ref
+        torch.testing.assert_close(ours[mine].grad, theirs[ref].grad, rtol=1e-4, atol=1e-6, msg=mine)
+    hf.zero_grad()
+    hf.eval()
+
+
+def _lora(model, **kw):
+    kw = {"r": 4, "lora_alpha": 8, "init_lora_weights": False, "use_gradient_checkpointing": True, **kw}
+    return FastLanguageModel.get_peft_model(model, **kw)
+
+
+def test_lora_step_equals_peft_with_the_same_adapter(saved_gpt_oss, tmp_path):
+    """Attention LoRA and one adapter per expert (PEFT's target_parameters on gpt-oss' transposed
+    experts): same loss (with the load-balancing term) and adapter gradients, under checkpointing."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, folder = saved_gpt_oss
+    model, _ = load(folder)
+    model = _lora(model)
+    experts = dict(expert_lora_modules(model))
+    assert len(experts) == 3 * 2
+    model.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["target_parameters"] == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
+    assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert config["rank_pattern"] == {".*\\.gate_up_proj": 8}
+
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
+    peft = PeftModel.from_pretrained(hf, str(tmp_path / "adapter"), is_trainable=True).train()
+    ids, mask = batch(3)
+    labels = ids.masked_fill(mask == 0, -100)
+    model.train()
+    loss = model(ids, attention_mask=mask, labels=labels).loss
+    ref = peft(input_ids=ids, attention_mask=mask, labels=labels).loss
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    ref.backward()
+    theirs = dict(peft.named_parameters())
+    for name, mod in lora_modules(model):
+        for part in ("lora_A", "lora_B"):
+            want = theirs[f"base_model.model.model.{name}.{part}.default.weight"].grad
+            torch.testing.assert_close(getattr(mod, part).grad, want, rtol=1e-4, atol=1e-7)
+    for name, mod in experts.items():
+        layer = name.split(".")[1]
+        nested = "base_layer." if name.endswith("gate_up_lora") else ""
+        prefix = f"base_model.model.model.layers.{layer}.mlp.experts.{nested}"
+        e, r, i = mod.lora_A.shape
+        want_a = theirs[prefix + "lora_A.default.weight"].grad
+        want_b = theirs[prefix + "lora_B.default.weight"].grad
+        assert want_a.abs().max() > 0
+        torch.testing.assert_close(mod.lora_A.grad.reshape(e * r, i), want_a, rtol=1e-4, atol=1e-7)
+        got_b = mod.lora_B.grad.permute(1, 2, 0).reshape(-1, r * e)
+        torch.testing.assert_close(got_b, want_b, rtol=1e-4, atol=1e-7)
+
+
+def test_adapter_reloads_and_disabling_gives_the_base(saved_gpt_oss, tmp_path):
+    hf, folder = saved_gpt_oss
+    model, _ = load(folder)
+    model = _lora(model).eval()
+    model.save_pretrained(tmp_path / "adapter")
+    again, _ = load(tmp_path / "adapter")
+    assert all(isinstance(m, ExpertLora) for _, m in expert_lora_modules(again))
+    ids, _ = batch(4)
+    with torch.no_grad():
+        tuned = model(ids).logits
+        torch.testing.assert_close(again.eval()(ids).logits, tuned)
+        with model.disable_adapter():
+            base = model(ids).logits
+        torch.testing.assert_close(base, hf(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    assert (tuned - base).abs().max() > 1e-4
+
+
+def test_a_peft_made_adapter_loads_with_equal_logits(saved_gpt_oss, tmp_path):
+    """PEFT's own gpt-oss adapter (attention modules + target_parameters) → loris: same logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    _, folder = saved_gpt_oss
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
+    lcfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+        init_lora_weights=False,
+    )
+    peft = get_peft_model(hf, lcfg)
+    peft.save_pretrained(tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(folder)
+    (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps(config))
+    model, _ = load(tmp_path / "peft")
+    ids, _ = batch(5)
+    with torch.no_grad():
+        want = peft.eval()(input_ids=ids).logits
+        torch.testing.assert_close(model.eval()(ids).logits, want, rtol=1e-5, atol=1e-5)
+        with peft.disable_adapter():
+            assert (want - peft(input_ids=ids).logits).abs().max() > 1e-4
+
+
+def test_merged_export_loads_in_transformers_with_equal_logits(saved_gpt_oss, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    _, folder = saved_gpt_oss
+    model, tok = load(folder)
+    model = _lora(model).eval()
+    out = model.save_pretrained_merged(tmp_path / "merged", tok, save_method="merged_32bit")  # exact
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert {"model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.router.bias"} <= keys
+    assert "model.layers.2.self_attn.sinks" in keys
+    assert not any("lora" in k for k in keys)
+    merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation="eager")
+    ids, _ = batch(6)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged.eval()(input_ids=ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5
+        )
+
+
+def test_greedy_generation_equals_transformers(saved_gpt_oss):
+    """Decoding through the KV cache past the sliding window, left-padded prompts."""
+    hf, folder = saved_gpt_oss
+    model, _ = load(folder)
+    ids, mask = batch(7, n=6, side="left")
+    ours = model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None, pad_token_id=0)
+    ref = hf.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        output_router_logits=False,
+    )
+    assert ours.tolist() == ref.tolist()
+
+
+def test_4bit_experts_match_their_dequantized_weights(saved_gpt_oss):
+    """QLoRA on gpt-oss' transposed experts: the NF4 model equals a 16-bit one holding the
+    dequantized weights, forward and expert-adapter gradients."""
+    from loris.quant import Linear4bit
+
+    _, folder = saved_gpt_oss
+    q, _ = load(folder, load_in_4bit=True)
+    ex = q.layers[0].mlp.experts
+    assert isinstance(ex.gate_up_proj_q, Linear4bit) and ex.gate_up_proj is None
+    ref, _ = load(folder)
+    with torch.no_grad():
+        for a, b in zip(q.layers, ref.layers, strict=True):
+            for name in ("gate_up_proj", "down_proj"):
+                getattr(b.mlp.experts, name).copy_(a.mlp.experts.weight(name, torch.float32))
+            for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                getattr(b.self_attn, proj).weight.copy_(getattr(a.self_attn, proj).dequantize(torch.float32))
+    q, ref = _lora(q), _lora(ref)
+    ids, mask = batch(8)
+    labels = ids.masked_fill(mask == 0, -100)
+    losses = []
+    for model in (q, ref):
+        loss = model.train()(ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for (name, a), (_, b) in zip(expert_lora_modules(q), expert_lora_modules(ref), strict=True):
+        torch.testing.assert_close(a.lora_A.grad, b.lora_A.grad, rtol=1e-4, atol=1e-7, msg=name)
