@@ -9,11 +9,12 @@ import json
 import pytest
 import torch
 
-from loris import FastLanguageModel
-from loris.lora import ExpertLora, expert_lora_modules, lora_modules
+import moe_checks
+from loris.lora import ExpertLora, expert_lora_modules
 from loris.models.decoder import LorisForCausalLM
 from loris.models.families.gpt_oss import SWIGLU_ALPHA, SWIGLU_LIMIT
 from loris.models.moe import SparseMoE, clamped_swiglu, moe_reference
+from moe_checks import assert_adapter_grads_equal_peft, load, lora
 
 
 @pytest.fixture(scope="module")
@@ -28,21 +29,9 @@ def saved_gpt_oss(tmp_path_factory):
     return model, folder
 
 
-def load(folder, **kw):
-    kw = {"load_in_4bit": False, "dtype": torch.float32, "device_map": "cpu", **kw}
-    return FastLanguageModel.from_pretrained(str(folder), **kw)
-
-
 def batch(seed=0, b=2, n=11, side="right"):
     """Rows longer than the sliding window (4); row 0 padded on ``side``."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 160, (b, n), generator=g)
-    mask = torch.ones_like(ids)
-    if side == "right":
-        mask[0, -3:] = 0
-    else:
-        mask[0, :3] = 0
-    return ids, mask
+    return moe_checks.batch(seed, b, n, side)
 
 
 def test_sparse_block_equals_transformers_and_the_expert_loop():
@@ -152,11 +141,6 @@ def test_loss_with_load_balancing_term_and_gradients_equal_transformers(saved_gp
     hf.eval()
 
 
-def _lora(model, **kw):
-    kw = {"r": 4, "lora_alpha": 8, "init_lora_weights": False, "use_gradient_checkpointing": True, **kw}
-    return FastLanguageModel.get_peft_model(model, **kw)
-
-
 def test_lora_step_equals_peft_with_the_same_adapter(saved_gpt_oss, tmp_path):
     """Attention LoRA and one adapter per expert (PEFT's target_parameters on gpt-oss' transposed
     experts): same loss (with the load-balancing term) and adapter gradients, under checkpointing."""
@@ -165,7 +149,7 @@ def test_lora_step_equals_peft_with_the_same_adapter(saved_gpt_oss, tmp_path):
 
     _, folder = saved_gpt_oss
     model, _ = load(folder)
-    model = _lora(model)
+    model = lora(model)
     experts = dict(expert_lora_modules(model))
     assert len(experts) == 3 * 2
     model.save_pretrained(tmp_path / "adapter")
@@ -184,28 +168,13 @@ def test_lora_step_equals_peft_with_the_same_adapter(saved_gpt_oss, tmp_path):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     loss.backward()
     ref.backward()
-    theirs = dict(peft.named_parameters())
-    for name, mod in lora_modules(model):
-        for part in ("lora_A", "lora_B"):
-            want = theirs[f"base_model.model.model.{name}.{part}.default.weight"].grad
-            torch.testing.assert_close(getattr(mod, part).grad, want, rtol=1e-4, atol=1e-7)
-    for name, mod in experts.items():
-        layer = name.split(".")[1]
-        nested = "base_layer." if name.endswith("gate_up_lora") else ""
-        prefix = f"base_model.model.model.layers.{layer}.mlp.experts.{nested}"
-        e, r, i = mod.lora_A.shape
-        want_a = theirs[prefix + "lora_A.default.weight"].grad
-        want_b = theirs[prefix + "lora_B.default.weight"].grad
-        assert want_a.abs().max() > 0
-        torch.testing.assert_close(mod.lora_A.grad.reshape(e * r, i), want_a, rtol=1e-4, atol=1e-7)
-        got_b = mod.lora_B.grad.permute(1, 2, 0).reshape(-1, r * e)
-        torch.testing.assert_close(got_b, want_b, rtol=1e-4, atol=1e-7)
+    assert_adapter_grads_equal_peft(model, peft)
 
 
 def test_adapter_reloads_and_disabling_gives_the_base(saved_gpt_oss, tmp_path):
     hf, folder = saved_gpt_oss
     model, _ = load(folder)
-    model = _lora(model).eval()
+    model = lora(model).eval()
     model.save_pretrained(tmp_path / "adapter")
     again, _ = load(tmp_path / "adapter")
     assert all(isinstance(m, ExpertLora) for _, m in expert_lora_modules(again))
@@ -253,7 +222,7 @@ def test_merged_export_loads_in_transformers_with_equal_logits(saved_gpt_oss, tm
 
     _, folder = saved_gpt_oss
     model, tok = load(folder)
-    model = _lora(model).eval()
+    model = lora(model).eval()
     out = model.save_pretrained_merged(tmp_path / "merged", tok, save_method="merged_32bit")  # exact
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -302,7 +271,7 @@ def test_4bit_experts_match_their_dequantized_weights(saved_gpt_oss):
                 getattr(b.mlp.experts, name).copy_(a.mlp.experts.weight(name, torch.float32))
             for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
                 getattr(b.self_attn, proj).weight.copy_(getattr(a.self_attn, proj).dequantize(torch.float32))
-    q, ref = _lora(q), _lora(ref)
+    q, ref = lora(q), lora(ref)
     ids, mask = batch(8)
     labels = ids.masked_fill(mask == 0, -100)
     losses = []

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from loris import FastLanguageModel
 from loris.kernels.activations import GATED_ACTIVATIONS
-from loris.lora import ExpertLora, expert_lora_modules, lora_modules
+from loris.lora import ExpertLora, expert_lora_modules
 from loris.models.decoder import LorisForCausalLM
 from loris.models.moe import SparseMoE, moe_reference
+from moe_checks import assert_adapter_grads_equal_peft, batch, load, lora
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +33,6 @@ def saved_moe(tmp_path_factory):
         return cache[name]
 
     return get
-
-
-def load(folder, **kw):
-    kw = {"load_in_4bit": False, "dtype": torch.float32, "device_map": "cpu", **kw}
-    return FastLanguageModel.from_pretrained(str(folder), **kw)
-
-
-def batch(seed=0, b=2, n=10, side="right"):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 160, (b, n), generator=g)
-    mask = torch.ones_like(ids)
-    if side == "right":
-        mask[0, -3:] = 0
-    else:
-        mask[0, :3] = 0
-    return ids, mask
 
 
 def test_sparse_block_equals_transformers_and_the_expert_loop():
@@ -134,11 +118,6 @@ def test_the_load_balancing_term_reaches_the_router(saved_moe):
     assert (grads[0] - grads[1]).abs().max() > 1e-6
 
 
-def _lora(model, **kw):
-    kw = {"r": 4, "lora_alpha": 8, "init_lora_weights": False, "use_gradient_checkpointing": True, **kw}
-    return FastLanguageModel.get_peft_model(model, **kw)
-
-
 def test_lora_step_equals_peft_with_the_same_adapter(saved_moe, tmp_path):
     """Attention LoRA and one adapter per expert (PEFT's target_parameters): same loss (with the
     load-balancing term), same gradient for every adapter tensor, under loris' checkpointing."""
@@ -147,7 +126,7 @@ def test_lora_step_equals_peft_with_the_same_adapter(saved_moe, tmp_path):
 
     _, folder = saved_moe("moe")
     model, _ = load(folder)
-    model = _lora(model)
+    model = lora(model)
     experts = dict(expert_lora_modules(model))
     assert len(experts) == 3 * 2
     model.save_pretrained(tmp_path / "adapter")
@@ -168,29 +147,13 @@ def test_lora_step_equals_peft_with_the_same_adapter(saved_moe, tmp_path):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     loss.backward()
     ref.backward()
-    theirs = dict(peft.named_parameters())
-    for name, mod in lora_modules(model):
-        hf_name = "model." + name
-        for part in ("lora_A", "lora_B"):
-            want = theirs[f"base_model.model.{hf_name}.{part}.default.weight"].grad
-            torch.testing.assert_close(getattr(mod, part).grad, want, rtol=1e-4, atol=1e-7)
-    for name, mod in experts.items():
-        layer = name.split(".")[1]
-        nested = "base_layer." if name.endswith("gate_up_lora") else ""
-        prefix = f"base_model.model.model.layers.{layer}.mlp.experts.{nested}"
-        e, r, i = mod.lora_A.shape
-        want_a = theirs[prefix + "lora_A.default.weight"].grad
-        want_b = theirs[prefix + "lora_B.default.weight"].grad
-        assert want_a.abs().max() > 0
-        torch.testing.assert_close(mod.lora_A.grad.reshape(e * r, i), want_a, rtol=1e-4, atol=1e-7)
-        got_b = mod.lora_B.grad.permute(1, 2, 0).reshape(-1, r * e)
-        torch.testing.assert_close(got_b, want_b, rtol=1e-4, atol=1e-7)
+    assert_adapter_grads_equal_peft(model, peft)
 
 
 def test_adapter_reloads_and_disabling_gives_the_base(saved_moe, tmp_path):
     hf, folder = saved_moe("moe")
     model, _ = load(folder)
-    model = _lora(model).eval()
+    model = lora(model).eval()
     model.save_pretrained(tmp_path / "adapter")
     again, _ = load(tmp_path / "adapter")
     assert all(isinstance(m, ExpertLora) for _, m in expert_lora_modules(again))
@@ -210,7 +173,7 @@ def test_merged_export_loads_in_transformers_with_equal_logits(saved_moe, tmp_pa
 
     _, folder = saved_moe("moe")
     model, tok = load(folder)
-    model = _lora(model).eval()
+    model = lora(model).eval()
     out = model.save_pretrained_merged(tmp_path / "merged", tok, save_method="merged_32bit")  # exact
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -272,7 +235,7 @@ def test_4bit_experts_match_their_dequantized_weights(saved_moe, tmp_path):
                 getattr(b.mlp.experts, name).copy_(a.mlp.experts.weight(name, torch.float32))
             for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
                 getattr(b.self_attn, proj).weight.copy_(getattr(a.self_attn, proj).dequantize(torch.float32))
-    q, ref = _lora(q), _lora(ref)
+    q, ref = lora(q), lora(ref)
     ids, mask = batch(7)
     labels = ids.masked_fill(mask == 0, -100)
     losses = []
@@ -289,7 +252,7 @@ def test_4bit_experts_match_their_dequantized_weights(saved_moe, tmp_path):
     out = q.eval().save_pretrained_merged(tmp_path / "merged", save_method="merged_32bit")
     merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     full, _ = load(folder)
-    full = _lora(full).eval()
+    full = lora(full).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, full(ids).logits, rtol=1e-4, atol=1e-5)
 
