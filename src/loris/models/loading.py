@@ -437,11 +437,17 @@ def load_model(
     qcfg = raw.pop("quantization_config", None)
     cfg = ModelConfig.from_hf(raw)
     prequantized = False
+    tensors = iter_checkpoint(source.folder, device)
+    if qcfg is not None and qcfg.get("quant_method") == "mxfp4":  # gpt-oss' experts: dequantized here
+        from loris.models.mxfp4 import dequantize_mxfp4_tensors
+
+        tensors, qcfg = dequantize_mxfp4_tensors(tensors, dtype), None
     if qcfg is not None:
         method = qcfg.get("quant_method")
         if method != "bitsandbytes":
             raise ValueError(
-                f"checkpoints quantized with {method!r} are not supported; use a 16-bit or bitsandbytes one."
+                f"checkpoints quantized with {method!r} are not supported; use a 16-bit, bitsandbytes "
+                "or MXFP4 (gpt-oss) one."
             )
         if qcfg.get("load_in_4bit"):
             if qcfg.get("bnb_4bit_quant_type", "fp4") != "nf4":
@@ -456,7 +462,7 @@ def load_model(
             )
     return build_model(
         cfg,
-        iter_checkpoint(source.folder, device),
+        tensors,
         opts,
         bnb_prequantized=prequantized,
         model_class=model_class,
