@@ -42,7 +42,11 @@ def test_recipe_validates_and_its_data_loads(path):
             pytest.skip(str(exc))
     rows = load_rows(recipe)
     assert len(rows) > 0
-    if recipe.data.formatting == "chat":
+    if recipe.method != "sft":
+        from loris.train_recipe import check_preference_columns
+
+        check_preference_columns(recipe.method, rows)
+    elif recipe.data.formatting == "chat":
         column = recipe.data.text_field or "messages"
         assert all(m["role"] in ("system", "user", "assistant") for m in rows[0][column])
     else:

@@ -173,3 +173,118 @@ def test_every_row_source(saved_family, tmp_path):
     assert len(got) == 4 and "messages" in got.column_names
     with pytest.raises(FileNotFoundError, match="data.path"):
         load_rows(recipe_from_dict(GOOD, base_dir=tmp_path / "nowhere"))
+
+
+# ------------------------------------------------------------------------------- preference methods
+PREF = {
+    "method": "dpo",
+    "model": GOOD["model"],
+    "lora": GOOD["lora"],
+    "data": {"path": "pairs.jsonl"},
+    "train": {"output_dir": "out", "max_steps": 2, "per_device_train_batch_size": 2, "beta": 0.2},
+}
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({**PREF, "method": "ppo"}, "method: 'ppo'"),
+        ({**GOOD, "train": {**GOOD["train"], "beta": 0.1}}, "train.beta: unknown key"),  # sft has no beta
+        ({**PREF, "data": {"path": "pairs.jsonl", "text_field": "text"}}, "data.text_field: shapes SFT"),
+        (
+            {**PREF, "data": {"path": "p.jsonl", "train_on_responses_only": True}},
+            "data.train_on_responses_only",
+        ),
+        ({**PREF, "train": {**PREF["train"], "beta": 0}}, "train.beta: beta=0"),
+        (
+            {**PREF, "method": "kto", "train": {"loss_type": "sigmoid"}},
+            "train.loss_type: loss_type='sigmoid'",
+        ),
+        ({**PREF, "method": "simpo", "train": {"loss_type": "sigmoid"}}, "train.loss_type: method simpo"),
+    ],
+)
+def test_bad_preference_configs_name_the_key(raw, key):
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(raw)
+    assert str(info.value).startswith(key), str(info.value)
+
+
+def test_methods_build_their_trl_named_configs():
+    from loris import CPOConfig, DPOConfig, KTOConfig, ORPOConfig
+
+    for method, cls in (("dpo", DPOConfig), ("orpo", ORPOConfig), ("cpo", CPOConfig), ("kto", KTOConfig)):
+        recipe = recipe_from_dict({**PREF, "method": method})
+        assert type(recipe.train) is cls and recipe.train.beta == 0.2 and recipe.method == method
+    simpo = recipe_from_dict({**PREF, "method": "simpo", "train": {"simpo_gamma": 0.7}})
+    assert (
+        type(simpo.train) is CPOConfig
+        and simpo.train.loss_type == "simpo"
+        and simpo.train.simpo_gamma == 0.7
+        and simpo.train.cpo_alpha == 0
+    )
+    assert recipe_from_dict(GOOD).method == "sft"
+
+
+def _pairs(n: int = 4) -> list[dict]:
+    words = lambda i, k: " ".join(f"w{4 + (i * 7 + j) % 50}" for j in range(k))  # noqa: E731
+    return [
+        {"prompt": words(i, 4), "chosen": " " + words(i + 1, 3), "rejected": " " + words(i + 9, 5)}
+        for i in range(n)
+    ]
+
+
+def test_cli_dpo_recipe_then_continue_from_its_adapter(saved_family, tmp_path, monkeypatch, capsys):
+    """Stage 1 trains a fresh adapter with DPO; stage 2 points model.name_or_path at it with no lora:
+    section and goes on with DPO, the saved adapter (frozen) being the reference: at its first step
+    policy and reference agree, so every reward is 0 and the loss is log 2."""
+    from loris.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    raw = {**PREF, "model": {**PREF["model"], "name_or_path": str(saved_family("llama")[1])}}
+    raw["train"] = {**raw["train"], "learning_rate": 5e-3, "logging_steps": 1}
+    raw["save"] = {"adapter_dir": "stage1"}
+    cfg = _write(tmp_path, raw, _pairs(), name="pairs.jsonl")
+    assert main(["train", str(cfg), "--check"]) == 0
+    assert "valid (dpo, LoRA on" in capsys.readouterr().out
+    assert main(["train", str(cfg)]) == 0
+    assert "adapter_dir: stage1" in capsys.readouterr().out
+    first = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert {"rewards/margins", "rewards/accuracies", "logps/chosen"} <= set(first[0])
+    assert first[0]["loss"] == pytest.approx(0.693147, abs=1e-4)  # a fresh adapter: B = 0, policy = base
+
+    stage2 = {k: v for k, v in raw.items() if k != "lora"}
+    stage2["model"] = {**raw["model"], "name_or_path": str(tmp_path / "stage1")}
+    stage2["train"] = {**raw["train"], "output_dir": "out2"}
+    stage2["save"] = {"adapter_dir": "stage2"}
+    cfg2 = tmp_path / "cfg" / "stage2.yaml"
+    cfg2.write_text(yaml.safe_dump(stage2))
+    assert main(["train", str(cfg2), "--check"]) == 0
+    assert "valid (dpo, the saved adapter on" in capsys.readouterr().out
+    assert main(["train", str(cfg2)]) == 0
+    second = [json.loads(line) for line in (tmp_path / "out2" / "log.jsonl").read_text().splitlines()]
+    assert second[0]["loss"] == pytest.approx(0.693147, abs=1e-4)
+    assert second[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    # stage 1 trained the policy away from the base: against the base, stage 2 would start elsewhere
+    assert first[-1]["rewards/margins"] != pytest.approx(0.0, abs=1e-4)
+
+    with_lora = {**stage2, "lora": GOOD["lora"]}
+    with pytest.raises(RecipeError, match="lora: given with a saved adapter"):
+        recipe_from_dict(with_lora)
+
+
+def test_cli_kto_recipe_and_missing_columns(saved_family, tmp_path, monkeypatch, capsys):
+    from loris.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    raw = {**PREF, "method": "kto", "model": {**PREF["model"], "name_or_path": str(saved_family("llama")[1])}}
+    rows = [
+        {"prompt": p["prompt"], "completion": p["chosen" if i % 2 else "rejected"], "label": bool(i % 2)}
+        for i, p in enumerate(_pairs())
+    ]
+    cfg = _write(tmp_path, raw, rows, name="pairs.jsonl")
+    assert main(["train", str(cfg)]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+
+    cfg = _write(tmp_path, {**raw, "method": "orpo"}, rows, name="pairs.jsonl")  # KTO rows, paired method
+    with pytest.raises(SystemExit, match=r"data: method orpo needs the column\(s\) \['chosen', 'rejected'\]"):
+        main(["train", str(cfg)])

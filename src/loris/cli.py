@@ -203,7 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """`loris train config.yaml`: SFT as the YAML recipe says (see loris.train_recipe)."""
+    """`loris train config.yaml`: SFT or preference training as the YAML recipe says (loris.train_recipe)."""
     import dataclasses
 
     from loris.train_recipe import RecipeError, load_recipe, run_recipe
@@ -217,16 +217,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.output_dir is not None:
         recipe.train = dataclasses.replace(recipe.train, output_dir=args.output_dir)
     if args.check:
-        print(
-            f"{args.config}: valid ({'LoRA' if recipe.lora else 'full fine-tuning'} on {recipe.model.name_or_path})"
+        how = (
+            "LoRA"
+            if recipe.lora
+            else "the saved adapter"
+            if recipe.model.is_adapter()
+            else "full fine-tuning"
         )
+        print(f"{args.config}: valid ({recipe.method}, {how} on {recipe.model.name_or_path})")
         return 0
     from loris.distributed import env
 
     if args.nproc is not None and not env.launched():
+        if recipe.method != "sft":
+            raise SystemExit(
+                f"loris train: method {recipe.method} trains in one process for now: drop --nproc."
+            )
         return _launch_torchrun(args)
     try:
         result = run_recipe(recipe)
+    except RecipeError as exc:
+        raise SystemExit(f"loris train: {args.config}: {exc}") from None
     finally:
         env.shutdown()
     if not env.is_main_process():
@@ -294,9 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_parser(sub)
     add_export_parser(sub)
     train = sub.add_parser(
-        "train", help="supervised fine-tuning from a YAML recipe (model, lora, data, train, save)"
+        "train",
+        help="fine-tuning from a YAML recipe (method: sft, dpo, orpo, cpo, simpo, kto; model, lora, data, "
+        "train, save)",
     )
-    train.add_argument("config", help="the recipe YAML (see examples/demo_sft.yaml)")
+    train.add_argument("config", help="the recipe YAML (see examples/demo_sft.yaml, examples/sums_dpo.yaml)")
     train.add_argument("--check", action="store_true", help="validate the config and exit without training")
     train.add_argument(
         "--max-steps", type=int, default=None, help="override train.max_steps (default: the recipe's)"

@@ -1,16 +1,23 @@
-"""`loris train config.yaml`: supervised fine-tuning from one YAML file, read top to bottom.
+"""`loris train config.yaml`: fine-tuning from one YAML file, read top to bottom.
 
+    method: sft | dpo | orpo | cpo | simpo | kto                             # default sft
     model:  {name_or_path, max_seq_length, load_in_4bit, dtype, chat_template, full_finetuning}
     lora:   {r, lora_alpha, target_modules, use_gradient_checkpointing, ...}   # get_peft_model's args
     data:   {path | name | generator, split, formatting: text|chat, text_field, ...}
-    train:  {output_dir, max_steps, learning_rate, ...}                        # SFTConfig's fields
+    train:  {output_dir, max_steps, learning_rate, ...}        # the method's config: SFTConfig, DPOConfig...
     save:   {adapter_dir, merged_dir, gguf_dir, gguf_methods}
 
-`run_recipe` is the whole job: load → (chat template) → LoRA → data → SFTTrainer → train → save.
+`run_recipe` is the whole job: load → (chat template) → LoRA → data → trainer → train → save.
 Each section is a dataclass validated when built, so a typo fails before any weight is loaded, with
 an error naming the key (``data.formating: unknown key ...``). Relative ``data.path`` values are
 read from the YAML file's folder (so a config and its data travel together); output folders are
 relative to the current directory, as every trainer's ``output_dir`` is.
+
+Preference methods read TRL's dataset formats as their trainers do (``prompt``/``chosen``/``rejected``,
+KTO's ``prompt``/``completion``/``label``; text or conversations). ``simpo`` is ``cpo`` with
+``loss_type: simpo`` and ``cpo_alpha: 0`` (TRL's `CPOConfig`; give cpo_alpha for CPO-SimPO). A second stage continues from the first's adapter:
+``model.name_or_path: <adapter folder>`` and no ``lora:`` section, and that adapter, frozen, is the
+reference policy, as in TRL.
 """
 
 from __future__ import annotations
@@ -22,9 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loris.trainers.sft import SFTConfig
-
-SECTIONS = ("model", "lora", "data", "train", "save")
+SECTIONS = ("method", "model", "lora", "data", "train", "save")
+# method → (module, config class, trainer class); simpo is CPO with loss_type "simpo"
+METHODS = {
+    "sft": ("loris.trainers.sft", "SFTConfig", "SFTTrainer"),
+    "dpo": ("loris.trainers.dpo", "DPOConfig", "DPOTrainer"),
+    "orpo": ("loris.trainers.orpo", "ORPOConfig", "ORPOTrainer"),
+    "cpo": ("loris.trainers.cpo", "CPOConfig", "CPOTrainer"),
+    "simpo": ("loris.trainers.cpo", "CPOConfig", "CPOTrainer"),
+    "kto": ("loris.trainers.kto", "KTOConfig", "KTOTrainer"),
+}
+# data keys that shape SFT text; the preference trainers read their columns themselves
+SFT_ONLY_DATA = (
+    "formatting",
+    "text_field",
+    "standardize_sharegpt",
+    "train_on_responses_only",
+    "instruction_part",
+    "response_part",
+)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 PACKAGE_PREFIX = "pkg:"  # "pkg:<python package>/<file>": a file shipped inside an installed package
@@ -93,6 +116,11 @@ class ModelSection:
                 "model.chat_template",
                 f"unknown template {self.chat_template!r}; choose one of {sorted(names)}.",
             )
+
+    def is_adapter(self) -> bool:
+        """A saved PEFT adapter folder: its base is loaded with the adapter on it, ready to train on."""
+        path = Path(self.name_or_path).expanduser()
+        return (path / "adapter_config.json").is_file()
 
     def torch_dtype(self) -> Any:
         import torch
@@ -251,21 +279,29 @@ class SaveSection:
 
 @dataclass
 class Recipe:
-    """The whole config file; ``lora`` is None for full fine-tuning (``model.full_finetuning: true``)."""
+    """The whole config file. ``lora`` is None for full fine-tuning (``model.full_finetuning: true``)
+    and when the model is a saved adapter, which goes on training. ``train`` is the method's config."""
 
     model: ModelSection
     data: DataSection
-    train: SFTConfig
+    train: Any  # SFTConfig, DPOConfig, ORPOConfig, CPOConfig or KTOConfig, as `method` says
     lora: LoraSection | None = None
     save: SaveSection = field(default_factory=SaveSection)
     base_dir: Path = field(default_factory=Path.cwd)  # the YAML file's folder
+    method: str = "sft"
 
     def __post_init__(self) -> None:
         _check(
-            self.lora is not None or self.model.full_finetuning,
+            self.lora is not None or self.model.full_finetuning or self.model.is_adapter(),
             "lora",
-            "missing: add a lora: section (LoRA/QLoRA), or set model.full_finetuning: true to train "
-            "every weight.",
+            "missing: add a lora: section (LoRA/QLoRA), set model.full_finetuning: true to train "
+            "every weight, or point model.name_or_path at a saved adapter to go on training it.",
+        )
+        _check(
+            not (self.lora is not None and self.model.is_adapter()),
+            "lora",
+            f"given with a saved adapter ({self.model.name_or_path}), which brings its own LoRA settings: "
+            "drop the lora: section to go on training it, or name its base model to start a new one.",
         )
         _check(
             not (self.lora is not None and self.model.full_finetuning),
@@ -273,7 +309,7 @@ class Recipe:
             "given with model.full_finetuning: true; drop one of them.",
         )
         _check(
-            not (self.lora is None and self.save.adapter_dir is not None),
+            not (self.model.full_finetuning and self.save.adapter_dir is not None),
             "save.adapter_dir",
             "full fine-tuning has no adapter: write the whole model with save.merged_dir instead.",
         )
@@ -308,20 +344,53 @@ def _section(cls: type, data: Any, name: str) -> Any:
         raise RecipeError(f"{name}.{key}: {exc}" if key else f"{name}: {exc}") from None
 
 
+def method_classes(method: str) -> tuple[type, type]:
+    """(config class, trainer class) of a recipe ``method``."""
+    module, config, trainer = METHODS[method]
+    mod = importlib.import_module(module)
+    return getattr(mod, config), getattr(mod, trainer)
+
+
+def _train_section(method: str, data: Any) -> Any:
+    config_cls, _ = method_classes(method)
+    if method == "simpo":
+        data = dict(data or {})
+        _check(
+            data.setdefault("loss_type", "simpo") == "simpo",
+            "train.loss_type",
+            f"method simpo is CPO's loss_type simpo, got {data['loss_type']!r}: use method: cpo for others.",
+        )
+        data.setdefault("cpo_alpha", 0.0)  # SimPO proper; a cpo_alpha > 0 adds CPO's NLL term (CPO-SimPO)
+    return _section(config_cls, data, "train")
+
+
 def recipe_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Recipe:
     """Validate a parsed YAML mapping into a `Recipe`; errors name the section and key."""
     _check(isinstance(raw, dict), "config", "the YAML file must be a mapping of sections.")
     unknown = [k for k in raw if k not in SECTIONS]
     _check(not unknown, unknown[0] if unknown else "", f"unknown section; the sections are {list(SECTIONS)}.")
+    method = raw.get("method", "sft")
+    _check(method in METHODS, "method", f"{method!r}: use one of {list(METHODS)}.")
     _check("model" in raw, "model", "section missing (model.name_or_path at least).")
     _check("data" in raw, "data", "section missing (data.path, data.name or data.generator).")
+    data = _section(DataSection, raw["data"], "data")
+    if method != "sft":
+        given = [k for k in SFT_ONLY_DATA if k in (raw["data"] or {})]
+        _check(
+            not given,
+            f"data.{given[0] if given else ''}",
+            f"shapes SFT text; method {method} reads TRL's columns itself (prompt/chosen/rejected"
+            f"{', or prompt/completion/label' if method == 'kto' else ''}; text or chat messages, the "
+            "chat template applied to messages): drop it.",
+        )
     return Recipe(
         model=_section(ModelSection, raw["model"], "model"),
         lora=_section(LoraSection, raw["lora"], "lora") if raw.get("lora") is not None else None,
-        data=_section(DataSection, raw["data"], "data"),
-        train=_section(SFTConfig, raw.get("train"), "train"),
+        data=data,
+        train=_train_section(method, raw.get("train")),
         save=_section(SaveSection, raw.get("save"), "save"),
         base_dir=Path(base_dir),
+        method=method,
     )
 
 
@@ -401,10 +470,28 @@ def format_rows(recipe: Recipe, ds: Any, tokenizer: Any) -> tuple[Any, str]:
     return ds.map(render, remove_columns=ds.column_names, desc="Applying the chat template"), "text"
 
 
+def check_preference_columns(method: str, ds: Any) -> None:
+    """The columns a preference method reads (TRL's formats), named in the error when missing."""
+    from loris.data.preference import check_columns
+
+    needed = ("prompt", "completion", "label") if method == "kto" else ("chosen", "rejected")
+    try:
+        check_columns(ds, needed, f"method {method}")
+    except ValueError as exc:
+        raise RecipeError(f"data: {exc}") from None
+
+
 # ----------------------------------------------------------------------------------------------- run
 def run_recipe(recipe: Recipe) -> dict[str, Any]:
     """Train as the recipe says and save; returns the training metrics and the folders written."""
-    from loris import FastLanguageModel, SFTTrainer
+    from loris import FastLanguageModel
+    from loris.distributed import env
+
+    _check(
+        recipe.method == "sft" or env.world_size() == 1,
+        "method",
+        f"{recipe.method} trains in one process for now (only sft runs across GPUs): drop --nproc.",
+    )
 
     # 1. the model and its tokenizer
     m = recipe.model
@@ -426,12 +513,17 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     if recipe.lora is not None:
         model = FastLanguageModel.get_peft_model(model, **recipe.lora.to_kwargs())
 
-    # 3. the data, as text
-    dataset, column = format_rows(recipe, load_rows(recipe), tokenizer)
-    args = dataclasses.replace(recipe.train, dataset_text_field=column)
+    # 3. the data (as text for SFT; preference trainers read their columns themselves)
+    _, trainer_cls = method_classes(recipe.method)
+    if recipe.method == "sft":
+        dataset, column = format_rows(recipe, load_rows(recipe), tokenizer)
+        args = dataclasses.replace(recipe.train, dataset_text_field=column)
+    else:
+        dataset, args = load_rows(recipe), recipe.train
+        check_preference_columns(recipe.method, dataset)
 
     # 4. the trainer (and response-only labels)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     if recipe.data.train_on_responses_only:
         from loris.chat_templates import train_on_responses_only
 
