@@ -4,7 +4,10 @@ Setting (issue 6 / ../shared/bench/GRPO-ANCHORS-2026-11-25-H100.md): a random Ll
 checkpoint (built by ../shared/bench/anchor_bench.py make-ckpt --shape 1b), bf16, LoRA r=16 alpha 16
 on the 7 projections, 1 prompt x 8 completions x 256 tokens per step, beta 0, lr 5e-6, seed 42,
 reward -|len(chars) - 200| / 100. Step time = wall time between optimizer steps (cuda synchronised),
-generation time measured inside each system; peak = torch.cuda.max_memory_allocated.
+generation time measured inside each system; peak = torch.cuda.max_memory_allocated. For loris,
+``phase_s`` / ``phase_mean_s_after_first`` split every step into the trainer's own phases
+(generation, rewards, prepare, forward_backward, optimizer, between_steps; old_ref_logps when
+beta != 0 or num_iterations > 1), as its ``time/<phase>`` log keys report them.
 
     python benchmarks/grpo_bench.py suite --out $OUT/grpo_bench.json      # everything, on the GPU
     python benchmarks/grpo_bench.py grpo --system loris --ckpt DIR         # one system
@@ -118,7 +121,25 @@ def grpo_loris(args, res):
     trainer._generate_and_score = timed
     trainer.train()
     _summary(times, gens, res)
+    _phases(trainer.state.log_history, res)
     res["log_tail"] = trainer.state.log_history[-1]
+
+
+def _phases(history, res):
+    """Where each step's time went, from the trainer's own ``time/<phase>`` log keys (logging_steps=1:
+    one entry per step; GPU-timeline seconds, see loris.trainers.phase_timer)."""
+    steps = [
+        {k[len("time/") :]: round(v, 4) for k, v in e.items() if k.startswith("time/")}
+        for e in history
+        if "loss" in e and "eval_loss" not in e
+    ]
+    res["phase_s"] = steps
+    steady = steps[1:] or steps
+    if steady and steady[0]:
+        names = sorted({k for s in steady for k in s})
+        res["phase_mean_s_after_first"] = {
+            k: round(sum(s.get(k, 0.0) for s in steady) / len(steady), 4) for k in names
+        }
 
 
 # ----------------------------------------------------------------------------------- TRL / Unsloth

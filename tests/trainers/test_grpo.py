@@ -71,9 +71,18 @@ def test_grpo_steps_train_the_adapter_and_log(kw, saved_family, tmp_path):
         "clip_ratio/region_mean",
         "gen_tokens_per_second",
         "gen_time_share",
+        "time/generation",
+        "time/rewards",
+        "time/prepare",
+        "time/forward_backward",
+        "time/optimizer",
+        "time/between_steps",
     ):
         assert key in last, key
     assert ("kl" in last) == ("beta" in kw)
+    assert ("time/old_ref_logps" in last) == ("beta" in kw)
+    phases = [v for k, v in logs[-1].items() if k.startswith("time/")]
+    assert all(v >= 0 for v in phases) and sum(phases) > 0
     assert (tmp_path / "reward.png").is_file()
 
 

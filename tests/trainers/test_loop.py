@@ -323,6 +323,7 @@ def test_epochs_eval_and_save_strategies_and_log_file(load_tiny, tmp_path):
     train_lines = [entry for entry in lines if "loss" in entry]
     assert [entry["step"] for entry in train_lines] == [1, 2, 3]
     assert set(train_lines[0]) >= {"loss", "grad_norm", "learning_rate", "epoch", "tokens_per_second", "step"}
+    assert not any(k.startswith("time/") for k in train_lines[0])  # SFT does not report phase times
     assert [entry["step"] for entry in lines if "eval_loss" in entry] == [2]
     assert out.training_loss == pytest.approx(sum(e["loss"] for e in train_lines) / 3)
     # an epoch ends at step 2; the last step (3) is always saved

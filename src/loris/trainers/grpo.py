@@ -230,6 +230,8 @@ class _Rollout:
 class GRPOTrainer(Trainer):
     """TRL's `GRPOTrainer` signature on loris's loop; see the module docstring."""
 
+    report_phase_times = True  # time/generation, time/rewards, time/forward_backward, ... per step
+
     def __init__(
         self,
         model: nn.Module,
@@ -386,6 +388,7 @@ class GRPOTrainer(Trainer):
         sync()
         gen_time = time.perf_counter() - t0
         self._gen_seconds += gen_time
+        self._mark_phase("generation")
         completion_ids = result.tokens.clone()
         lengths = result.lengths.clone()
         width = completion_ids.shape[1]
@@ -424,6 +427,7 @@ class GRPOTrainer(Trainer):
             "completion_mask": completion_mask,
             "advantages": adv.to(device),
         }
+        self._mark_phase("rewards")  # decoding the completions, reward functions, advantages
         needs_old = args.num_iterations > 1 or args.steps_per_generation > args.gradient_accumulation_steps
         if needs_old or args.beta != 0.0:
             was = model.training
@@ -438,6 +442,7 @@ class GRPOTrainer(Trainer):
                         tensors["ref_logps"] = self._logps_batched(tensors)
             finally:
                 model.train(was)
+            self._mark_phase("old_ref_logps")
 
         # reward metrics over the whole generation batch; the completions log shows this rank's rows
         mine = total if ranks.world == 1 else total[torch.tensor(local)]

@@ -45,6 +45,7 @@ from loris.trainers.checkpoint import (
 from loris.trainers.config import TrainingConfig
 from loris.trainers.optim import build_optimizer
 from loris.trainers.parallel import Ranks, setup_ranks
+from loris.trainers.phase_timer import PhaseTimer
 from loris.trainers.plots import LOSS_PLOT, write_loss_plot
 from loris.trainers.progress import ProgressBar, bar_mode
 from loris.trainers.schedule import build_scheduler
@@ -133,6 +134,10 @@ class Trainer:
     that replace ``trainer.train_dataset`` after construction (``train_on_responses_only``) work.
     """
 
+    report_phase_times = False
+    """Log ``time/<phase>`` (seconds per step: prepare, forward_backward, optimizer, ...) at each log
+    line (`loris.trainers.phase_timer`); trainers whose steps have a costly prepare (GRPO) turn it on."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -157,6 +162,7 @@ class Trainer:
         self._warned: set[str] = set()
         self._bar = ProgressBar(0, mode=None)
         self._ranks = Ranks()  # this process alone until train() opens the process group (parallel.py)
+        self._phases: PhaseTimer | None = None  # per train() when report_phase_times (phase_timer.py)
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         if isinstance(callback, type):
@@ -311,7 +317,9 @@ class Trainer:
         eval_every = TrainingConfig.every(args.eval_steps, max_steps)
         window_start = time.perf_counter()
         window_loss, window_steps, window_tokens = 0.0, 0, 0
+        self._phases = PhaseTimer(_device_of(model)) if self.report_phase_times else None
         while state.global_step < max_steps and not state.should_stop:
+            self._mark_phase("between_steps")  # logging, callbacks, evaluation, saving
             micro_batches, epoch_ended = self._next_step_batches(batches, batches_per_epoch)
             loss, tokens = self._accumulate(model, micro_batches, scaler)
             step = state.global_step + 1
@@ -335,6 +343,7 @@ class Trainer:
                 self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self._mark_phase("optimizer", ends_step=True)  # with clipping
 
             state.global_step = step
             state.epoch = state.data_epoch + state.data_batch / batches_per_epoch
@@ -363,6 +372,8 @@ class Trainer:
                     logs["embedding_learning_rate"] = lrs[-1]
                 if torch.cuda.is_available():
                     logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                if self._phases is not None:
+                    logs.update(self._phases.read())
                 self.log(logs)
                 window_loss, window_steps, window_tokens = 0.0, 0, 0
                 window_start = time.perf_counter()
@@ -433,6 +444,7 @@ class Trainer:
     ) -> tuple[float, int]:
         """Backward every micro-batch of one step; returns (the step's mean token loss, tokens seen)."""
         micro_batches = self.prepare_micro_batches(micro_batches)
+        self._mark_phase("prepare")
         n_items, divide_by = self._ranks.loss_normaliser(sum(self.count_loss_items(b) for b in micro_batches))
         if isinstance(n_items, int) and n_items == 0:
             self._warn_once(
@@ -454,7 +466,13 @@ class Trainer:
                     loss = self._ranks.forward(self.compute_loss, model, batch, divide_by)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
+        self._mark_phase("forward_backward")
         return self._ranks.mean(float(total)), self._ranks.total(tokens)
+
+    def _mark_phase(self, phase: str, *, ends_step: bool = False) -> None:
+        """End ``phase`` of the current step in the phase timer, when this trainer reports them."""
+        if self._phases is not None:
+            self._phases.mark(phase, ends_step=ends_step)
 
     def _clip_gradients(self, scaler: Any) -> float:
         if scaler is not None:
