@@ -121,7 +121,10 @@ def assert_grads_equal(ours: dict, theirs: dict) -> None:
     assert set(ours) == set(theirs) and ours
     nonzero = 0
     for k, g in ours.items():
-        torch.testing.assert_close(g, theirs[k], rtol=1e-4, atol=1e-6, msg=k)
+        # fp32 sums run in another order: an element's error scales with the tensor's largest
+        # entries (AlphaPO's exp transform makes gradients of ~300), not with the element itself
+        atol = 1e-6 * max(1.0, float(theirs[k].abs().max()))
+        torch.testing.assert_close(g, theirs[k], rtol=1e-4, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
         nonzero += int(bool(g.abs().sum() > 0))
     assert nonzero == len(ours)  # every adapter matrix gets a gradient: the test can fail
 

@@ -39,16 +39,17 @@ def trl_on_cpu(monkeypatch):
     monkeypatch.setattr("trl.trainer.utils._ChunkedLogProbFunction", TorchLogProbs)
 
 
-def build(saved_family, tmp_path, rows, *, trained_before: bool, **cfg):
+def build(saved_family, tmp_path, rows, *, trained_before: bool, padding_free: bool = False, **cfg):
     """(loris trainer, TRL trainer) over the same model; the adapter moves after both are built, so
-    policy and reference differ (as after some steps of training)."""
+    policy and reference differ (as after some steps of training). ``padding_free`` is loris' alone:
+    TRL 1.15 accepts it for DPO but trains padded, so the oracle stays TRL's padded trainer."""
     folder = saved_family("llama")[1]
     model, tok = loris_lora(folder)
     if trained_before:
         randomize_adapter(model, seed=1)
     twin = peft_twin(model, folder, tmp_path / "adapter")
     ours = DPOTrainer(model, args=DPOConfig(output_dir=str(tmp_path / "l"), per_device_train_batch_size=B,
-                                            disable_tqdm=True, **cfg),
+                                            disable_tqdm=True, padding_free=padding_free, **cfg),
                       train_dataset=rows, processing_class=tok)  # fmt: skip
     theirs = trl.DPOTrainer(twin, args=trl_args(trl.DPOConfig, tmp_path / "t", **cfg),
                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok)  # fmt: skip
@@ -83,10 +84,11 @@ def check(ours, theirs):
     return mine
 
 
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding_free"])
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
-def test_dpo_matches_trl(saved_family, tmp_path, loss_type):
+def test_dpo_matches_trl(saved_family, tmp_path, loss_type, padding_free):
     ours, theirs = build(saved_family, tmp_path, pair_rows(B, seed=3), trained_before=False,
-                         loss_type=loss_type, beta=0.2)  # fmt: skip
+                         padding_free=padding_free, loss_type=loss_type, beta=0.2)  # fmt: skip
     assert ours.reference.kind == "base"  # fresh adapter: the base model is the reference
     mine = check(ours, theirs)
     assert abs(mine["rewards/margins"]) > 1e-4  # policy and reference differ: the rewards are real
@@ -101,14 +103,18 @@ def test_every_other_dpo_loss_type_matches_trl(saved_family, tmp_path):
         check(ours, theirs)
 
 
-def test_combined_losses_and_f_divergence_match_trl(saved_family, tmp_path):
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding_free"])
+def test_combined_losses_and_f_divergence_match_trl(saved_family, tmp_path, padding_free):
     cfg = dict(loss_type=["sigmoid", "sft"], loss_weights=[0.8, 0.2], f_divergence_type="js_divergence")
-    ours, theirs = build(saved_family, tmp_path, pair_rows(B, seed=5), trained_before=False, **cfg)
+    ours, theirs = build(saved_family, tmp_path, pair_rows(B, seed=5), trained_before=False,
+                         padding_free=padding_free, **cfg)  # fmt: skip
     check(ours, theirs)
 
 
-def test_continuing_from_a_trained_adapter_uses_it_as_the_reference(saved_family, tmp_path):
-    ours, theirs = build(saved_family, tmp_path, pair_rows(B, seed=6), trained_before=True)
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding_free"])
+def test_continuing_from_a_trained_adapter_uses_it_as_the_reference(saved_family, tmp_path, padding_free):
+    ours, theirs = build(saved_family, tmp_path, pair_rows(B, seed=6), trained_before=True,
+                         padding_free=padding_free)  # fmt: skip
     assert ours.reference.kind == "frozen_adapter"
     assert "ref" in theirs.model.peft_config  # TRL copied the starting adapter as "ref"
     check(ours, theirs)

@@ -73,14 +73,19 @@ def pair_check(ours, theirs, names=PAIR_METRICS):
     return mine
 
 
-def test_orpo_matches_trl(saved_family, tmp_path):
+PADDING = pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding_free"])
+
+
+@PADDING
+def test_orpo_matches_trl(saved_family, tmp_path, padding_free):
+    """``padding_free`` (loris' packed rows) is checked against TRL's padded trainer: the same numbers."""
     from trl.experimental.orpo import ORPOConfig as TrlORPOConfig
     from trl.experimental.orpo import ORPOTrainer as TrlORPOTrainer
 
     folder, model, tok, twin = twins(saved_family, tmp_path, trained_before=True)
     rows = pair_rows(B, seed=11)
-    ours = ORPOTrainer(model, args=ORPOConfig(output_dir=str(tmp_path / "l"), beta=0.2), train_dataset=rows,
-                       processing_class=tok)  # fmt: skip
+    ours = ORPOTrainer(model, args=ORPOConfig(output_dir=str(tmp_path / "l"), beta=0.2, padding_free=padding_free),
+                       train_dataset=rows, processing_class=tok)  # fmt: skip
     theirs = TrlORPOTrainer(twin, args=trl_args(TrlORPOConfig, tmp_path / "t", beta=0.2),
                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok)  # fmt: skip
     mine = pair_check(ours, theirs, PAIR_METRICS + ("log_odds_ratio", "log_odds_chosen"))
@@ -98,14 +103,15 @@ def test_orpo_matches_trl(saved_family, tmp_path):
     ],
     ids=lambda c: c["loss_type"] + ("-alpha" if c.get("alpha") else ""),
 )
-def test_cpo_and_simpo_match_trl(saved_family, tmp_path, cfg):
+@PADDING
+def test_cpo_and_simpo_match_trl(saved_family, tmp_path, cfg, padding_free):
     from trl.experimental.cpo import CPOConfig as TrlCPOConfig
     from trl.experimental.cpo import CPOTrainer as TrlCPOTrainer
 
     folder, model, tok, twin = twins(saved_family, tmp_path, trained_before=True)
     rows = pair_rows(B, seed=12)
-    ours = CPOTrainer(model, args=CPOConfig(output_dir=str(tmp_path / "l"), beta=0.3, **cfg), train_dataset=rows,
-                      processing_class=tok)  # fmt: skip
+    ours = CPOTrainer(model, args=CPOConfig(output_dir=str(tmp_path / "l"), beta=0.3, padding_free=padding_free, **cfg),
+                      train_dataset=rows, processing_class=tok)  # fmt: skip
     theirs = TrlCPOTrainer(twin, args=trl_args(TrlCPOConfig, tmp_path / "t", beta=0.3, **cfg),
                            train_dataset=datasets.Dataset.from_list(rows), processing_class=tok)  # fmt: skip
     pair_check(ours, theirs)
@@ -121,12 +127,14 @@ KTO_METRICS = (
 )
 
 
+@PADDING
 @pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
-def test_kto_matches_trl(saved_family, tmp_path, loss_type):
+def test_kto_matches_trl(saved_family, tmp_path, loss_type, padding_free):
     folder, model, tok, twin = twins(saved_family, tmp_path)
     rows = unpaired_rows(2 * B, seed=13)
     cfg = dict(beta=0.2, desirable_weight=1.3, undesirable_weight=0.7, loss_type=loss_type)
-    ours = KTOTrainer(model, args=KTOConfig(output_dir=str(tmp_path / "l"), per_device_train_batch_size=B, **cfg),
+    ours = KTOTrainer(model, args=KTOConfig(output_dir=str(tmp_path / "l"), per_device_train_batch_size=B,
+                                            padding_free=padding_free, **cfg),
                       train_dataset=rows, processing_class=tok)  # fmt: skip
     theirs = trl.KTOTrainer(twin, args=trl_args(trl.KTOConfig, tmp_path / "t", **cfg),
                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok)  # fmt: skip

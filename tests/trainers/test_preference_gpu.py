@@ -12,12 +12,14 @@ from loris import DPOConfig, DPOTrainer, FastLanguageModel
 pytestmark = pytest.mark.gpu
 
 
-def _step(folder, tmp_path, device: str, gc):
+def _step(folder, tmp_path, device: str, gc, padding_free: bool = False):
     model, tok = FastLanguageModel.from_pretrained(str(folder), load_in_4bit=False, dtype=torch.float32,
                                                    device_map=device)  # fmt: skip
     model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, use_gradient_checkpointing=gc)
-    trainer = DPOTrainer(model, args=DPOConfig(output_dir=str(tmp_path / device), per_device_train_batch_size=4),
-                         train_dataset=pair_rows(4, seed=1), processing_class=tok)  # fmt: skip
+    args = DPOConfig(
+        output_dir=str(tmp_path / device), per_device_train_batch_size=4, padding_free=padding_free
+    )
+    trainer = DPOTrainer(model, args=args, train_dataset=pair_rows(4, seed=1), processing_class=tok)
     randomize_adapter(model, seed=2)
     model.train()
     batch = {k: v.to(device) for k, v in trainer.data_collator(list(trainer.train_dataset)).items()}
@@ -26,11 +28,14 @@ def _step(folder, tmp_path, device: str, gc):
     return loss.detach().cpu(), {k: g.cpu() for k, g in lora_grads(model).items()}
 
 
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding_free"])
 @pytest.mark.parametrize("gc", [False, "unsloth"])
-def test_dpo_step_on_gpu_equals_cpu(saved_family, tmp_path, gc):
+def test_dpo_step_on_gpu_equals_cpu(saved_family, tmp_path, gc, padding_free):
+    """The GPU step (padded, or packed rows with a block-diagonal attention mask) equals the CPU's
+    padded one."""
     folder = saved_family("llama")[1]
     cpu_loss, cpu_grads = _step(folder, tmp_path, "cpu", False)
-    gpu_loss, gpu_grads = _step(folder, tmp_path, "cuda", gc)
+    gpu_loss, gpu_grads = _step(folder, tmp_path, "cuda", gc, padding_free)
     torch.testing.assert_close(gpu_loss, cpu_loss, rtol=1e-4, atol=1e-5)
     for k, g in cpu_grads.items():
         torch.testing.assert_close(gpu_grads[k], g, rtol=1e-3, atol=1e-5, msg=k)

@@ -9,6 +9,9 @@ Tokenizing follows TRL 1.15's ``DPOTrainer._prepare_dataset``: text completions 
 appended when missing; prompt and prompt+completion are tokenized whole, and the completion starts
 where the two token lists diverge (so a BPE merge across the boundary cannot misplace it). Rows whose
 prompt alone fills ``max_length`` are dropped, since nothing of their completion would be left.
+
+Batches are right-padded rows (the layout the losses read); with ``padding_free`` the trainers run
+the model on `flatten_rows` of them instead: every real token of the batch in one row, no padding.
 """
 
 from __future__ import annotations
@@ -292,3 +295,13 @@ class UnpairedCollator:
             if key in rows[0]:
                 out[key] = torch.tensor([float(r[key]) for r in rows], dtype=torch.float32)
         return out
+
+
+def flatten_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padding-free layout of a padded batch: its real tokens, row after row, as one row
+    (1, sum of real lengths), and position ids restarting at 0 for each row. As with SFT's packing
+    (`loris.data.sft.pack_dataset`), the model reads the restarts as sequence boundaries and keeps
+    attention inside each sequence, so every sequence gets the hidden states it gets alone."""
+    real = attention_mask.bool()
+    positions = attention_mask.long().cumsum(-1) - 1
+    return input_ids[real][None], positions[real][None]

@@ -16,7 +16,6 @@ from torch import nn
 
 from loris.trainers.preference import PreferenceConfig, PreferenceTrainer
 from loris.trainers.preference_loss import CPO_LOSS_TYPES, cpo_losses
-from loris.trainers.preference_ref import scored_token_logps
 
 
 @dataclass
@@ -51,7 +50,7 @@ class CPOTrainer(PreferenceTrainer):
         args: CPOConfig = self.args
         ids, mask, comp = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
         half = ids.shape[0] // 2
-        token = scored_token_logps(model, ids, mask, comp, chunk_size=args.logprob_chunk_size)
+        token = self.token_logps(model, ids, mask, comp)
         sums = token.sum(-1)
         counts = comp[:, 1:].sum(-1).to(sums.dtype)
         logps = sums / counts if args.loss_type in ("ipo", "simpo") else sums

@@ -20,7 +20,6 @@ from torch import nn
 
 from loris.trainers.preference import PreferenceConfig, PreferenceTrainer
 from loris.trainers.preference_loss import DPO_LOSS_TYPES, F_DIVERGENCES, PairLogps, dpo_losses
-from loris.trainers.preference_ref import scored_token_logps
 
 
 @dataclass
@@ -93,7 +92,7 @@ class DPOTrainer(PreferenceTrainer):
         else:  # before the policy's forward: see preference_ref
             ref = self.reference_logps(ids, mask, comp)
             ref_c, ref_r = ref[:half], ref[half:]
-        token = scored_token_logps(model, ids, mask, comp, chunk_size=args.logprob_chunk_size)
+        token = self.token_logps(model, ids, mask, comp)
         sums = token.sum(-1)
         lengths = comp.sum(-1).to(sums.dtype)
         policy = PairLogps(sums[:half], sums[half:], lengths[:half], lengths[half:])

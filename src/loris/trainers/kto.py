@@ -16,7 +16,6 @@ from torch import nn
 
 from loris.trainers.preference import PreferenceConfig, PreferenceTrainer
 from loris.trainers.preference_loss import KTO_LOSS_TYPES, kto_losses
-from loris.trainers.preference_ref import scored_token_logps
 
 
 @dataclass
@@ -66,7 +65,6 @@ class KTOTrainer(PreferenceTrainer):
         ids, mask, comp = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
         labels = batch["label"].bool()
         with_kl = self._with_kl(args)
-        chunk = args.logprob_chunk_size
         if "ref_logps" in batch:
             ref, ref_kl = batch["ref_logps"], batch.get("ref_KL_logps")
         else:  # before the policy's forward: see preference_ref
@@ -79,12 +77,11 @@ class KTOTrainer(PreferenceTrainer):
         kl = torch.zeros((), device=ids.device)
         if with_kl:
             with torch.no_grad():
-                kl_logps = scored_token_logps(
-                    model, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"],
-                    chunk_size=chunk,
-                ).sum(-1)  # fmt: skip
+                kl_logps = self.token_logps(
+                    model, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"]
+                ).sum(-1)
                 kl = (kl_logps - ref_kl).mean().clamp(min=0)
-        logps = scored_token_logps(model, ids, mask, comp, chunk_size=chunk).sum(-1)
+        logps = self.token_logps(model, ids, mask, comp).sum(-1)
         losses, chosen_r, rejected_r = kto_losses(
             logps,
             ref,

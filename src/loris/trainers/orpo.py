@@ -16,7 +16,6 @@ from torch import nn
 
 from loris.trainers.preference import PreferenceConfig, PreferenceTrainer
 from loris.trainers.preference_loss import orpo_odds
-from loris.trainers.preference_ref import scored_token_logps
 
 
 @dataclass
@@ -42,7 +41,7 @@ class ORPOTrainer(PreferenceTrainer):
         half = ids.shape[0] // 2
         # chosen rows: every real token (their NLL); rejected rows: the answer only
         score = torch.cat([mask[:half], comp[half:]])
-        token = scored_token_logps(model, ids, mask, score, chunk_size=args.logprob_chunk_size)
+        token = self.token_logps(model, ids, mask, score)
         answer = comp[:, 1:].to(token.dtype)
         mean_logps = (token * answer).sum(-1) / answer.sum(-1)
         seen = mask[:half, 1:].to(token.dtype)

@@ -37,7 +37,7 @@ from loris.lora import lora_modules
 from loris.models.state import model_state
 from loris.trainers.config import TrainingConfig
 from loris.trainers.loop import Trainer, TrainerCallback
-from loris.trainers.preference_ref import ReferencePolicy
+from loris.trainers.preference_ref import ReferencePolicy, scored_token_logps
 
 
 @dataclass
@@ -49,7 +49,11 @@ class PreferenceConfig(TrainingConfig):
     ``max_prompt_length`` (older TRL, Unsloth's notebooks) keeps a prompt's last tokens and
     ``max_completion_length`` a completion's first; ``max_length`` then cuts prompt+completion from
     the end (TRL's ``truncation_mode="keep_start"``). ``logprob_chunk_size``: tokens per LM-head chunk.
-    ``padding_free`` is accepted and trains as padded batches (the same numbers). ``padding_value``,
+    ``padding_free`` runs the policy and the reference on each micro-batch's real tokens only: all its
+    sequences (chosen and rejected) packed into one row, position ids restarting per sequence and
+    attention kept inside each, as SFT's packing does; the numbers are the padded batches' (TRL 1.15
+    accepts the field but trains padded). It pays when lengths differ a lot; attention then runs
+    over the packed row with a block-diagonal mask, so it stays off by default. ``padding_value``,
     ``label_pad_token_id``, ``is_encoder_decoder``, ``generate_during_eval`` and ``model_init_kwargs``
     are accepted for old notebooks and change nothing."""
 
@@ -187,11 +191,6 @@ class PreferenceTrainer(Trainer):
                     self.eval_dataset = self.precompute_reference(self.eval_dataset)
         elif ref_model is not None:
             warnings.warn(f"{name} uses no reference model: ref_model is ignored.", stacklevel=2)
-        if getattr(args, "padding_free", False):
-            warnings.warn(
-                "padding_free=True trains as padded batches (the same numbers).",
-                stacklevel=2,
-            )
 
     @property
     def tokenizer(self) -> Any:
@@ -223,10 +222,22 @@ class PreferenceTrainer(Trainer):
         rows = int(batch["input_ids"].shape[0])
         return rows // 2 if self.paired else rows
 
-    # -------------------------------------------------------------------------------- reference
+    # ------------------------------------------------------------------------------- log-probs
+    def token_logps(
+        self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, score: torch.Tensor
+    ) -> torch.Tensor:
+        """The policy's per-token log-probs of each row's scored tokens (`scored_token_logps`),
+        padded or padding-free as ``args.padding_free`` says."""
+        args = self.args
+        return scored_token_logps(
+            model, ids, mask, score, chunk_size=args.logprob_chunk_size, padding_free=args.padding_free
+        )
+
     def reference_logps(self, ids: torch.Tensor, mask: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         """Summed reference log-probs of each row's scored tokens."""
-        return self.reference.token_logps(ids, mask, score, self.args.logprob_chunk_size).sum(-1)
+        args = self.args
+        token = self.reference.token_logps(ids, mask, score, args.logprob_chunk_size, args.padding_free)
+        return token.sum(-1)
 
     @torch.no_grad()
     def precompute_reference(self, data: Any) -> Any:

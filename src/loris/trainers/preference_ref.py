@@ -22,8 +22,10 @@ import copy
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from loris.data.preference import flatten_rows
 from loris.lora import adapters_disabled, lora_modules
 from loris.trainers.grpo_loss import token_logps
 
@@ -35,15 +37,29 @@ def scored_token_logps(
     score_mask: torch.Tensor,
     *,
     chunk_size: int = 128,
+    padding_free: bool = False,
 ) -> torch.Tensor:
     """(rows, length - 1) log-probs of token t+1 given tokens ≤ t where ``score_mask[:, t+1]`` is set,
-    0 elsewhere; computed from a loris model's hidden states, the LM head on scored positions only."""
-    positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    h = model.hidden_states(input_ids, attention_mask, positions)
+    0 elsewhere; computed from a loris model's hidden states, the LM head on scored positions only.
+
+    ``padding_free``: the decoder runs on `flatten_rows` of the batch (one row of the real tokens,
+    position ids restarting per sequence, attention kept inside each sequence) instead of the padded
+    rows; the scored positions are picked from that row in the same order, so the result is the same
+    (rows, length - 1) tensor, only no pad token went through the model."""
     sel = score_mask[:, 1:].bool()
-    lp, _ = token_logps(
-        model, h[:, :-1][sel], input_ids[:, 1:][sel], chunk_size=chunk_size, with_entropy=False
-    )
+    if not padding_free:
+        positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        h = model.hidden_states(input_ids, attention_mask, positions)
+        hidden, targets = h[:, :-1][sel], input_ids[:, 1:][sel]
+    else:
+        real = attention_mask.bool()
+        sel = sel & real[:, 1:] & real[:, :-1]  # a scored token and the one predicting it are real
+        ids, positions = flatten_rows(input_ids, attention_mask)
+        h = model.hidden_states(ids, None, positions)[0]
+        # flattened token j predicts flattened token j + 1 exactly where sel is set at j's place
+        predicts = F.pad(sel, (0, 1))[real][:-1]
+        hidden, targets = h[:-1][predicts], ids[0, 1:][predicts]
+    lp, _ = token_logps(model, hidden, targets, chunk_size=chunk_size, with_entropy=False)
     out = torch.zeros(sel.shape, dtype=lp.dtype, device=lp.device)
     return out.masked_scatter(sel, lp)
 
@@ -136,15 +152,22 @@ class ReferencePolicy:
         attention_mask: torch.Tensor,
         score_mask: torch.Tensor,
         chunk_size: int = 128,
+        padding_free: bool = False,
     ) -> torch.Tensor:
-        """Reference per-token log-probs, as `scored_token_logps` returns them."""
+        """Reference per-token log-probs, as `scored_token_logps` returns them (a transformers
+        reference runs row by row, so it never sees another row's padding anyway)."""
         with self._as_reference() as ref:
             was = ref.training
             ref.eval()  # no dropout in the reference, as TRL's disable_dropout
             try:
                 if _is_loris(ref):
                     return scored_token_logps(
-                        ref, input_ids, attention_mask, score_mask, chunk_size=chunk_size
+                        ref,
+                        input_ids,
+                        attention_mask,
+                        score_mask,
+                        chunk_size=chunk_size,
+                        padding_free=padding_free,
                     )
                 device = next(ref.parameters()).device
                 out = transformers_token_logps(
