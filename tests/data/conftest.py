@@ -23,6 +23,7 @@ FAMILY_SPECIALS = [
     "<s>", "</s>", "[INST]", "[/INST]",
     "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>",
     "<|user|>", "<|assistant|>", "<|system|>", "<|end|>",
+    "<|start|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>",
 ]  # fmt: skip
 
 _CORPUS = [

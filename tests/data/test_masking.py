@@ -68,11 +68,14 @@ TURN_TEXT = {
     "alpaca": ("", "</s>\n\n"),
     "vicuna": (" ", "</s>\n"),
     "unsloth": (" ", "</s>\n"),
+    "gpt-oss": ("", "<|end|>"),
 }
 # phi-3 appends EOS after the last turn when no generation prompt is asked for (EOS is <|end|> once mapped).
 LAST_EXTRA = {"phi-3": "<|end|>", "phi-3.5": "<|end|>"}
 # Qwen3 writes an empty think block into the final answer (the part the model generates).
 LAST_LEAD = {"qwen-3": "<think>\n\n</think>\n\n"}
+# gpt-oss ends the trained last turn with <|return|> (earlier ones with <|end|>).
+LAST_END = {"gpt-oss": "<|return|>"}
 
 
 def test_turn_table_covers_the_registry():
@@ -115,7 +118,7 @@ def test_labels_cover_exactly_the_answers(build_tokenizer, name, kind):
     text = tok.apply_chat_template(_chat(name), tokenize=False, date_string="26 Jul 2024")
     row = _masked_row(tok, text)
     lead, end = TURN_TEXT[name]
-    last = LAST_LEAD.get(name, lead) + ANSWERS[1] + end + LAST_EXTRA.get(name, "")
+    last = LAST_LEAD.get(name, lead) + ANSWERS[1] + LAST_END.get(name, end) + LAST_EXTRA.get(name, "")
     expected = [lead + ANSWERS[0] + end, last]
     kept = _kept_texts(tok, text, row["labels"])
     if kind == "bytelevel":

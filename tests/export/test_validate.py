@@ -366,7 +366,7 @@ def _custom_tokenizer(template: str):
 
 
 def _loris_modelfiles() -> list[tuple[str, object]]:
-    out = [(name, _registry_tokenizer(name)) for name in sorted(TEMPLATES)]
+    out = [(name, _registry_tokenizer(name)) for name in sorted(TEMPLATES) if TEMPLATES[name].ollama]
     return out + [(f"custom{i}", _custom_tokenizer(t)) for i, t in enumerate(CUSTOM)]
 
 

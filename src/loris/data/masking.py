@@ -108,17 +108,20 @@ def _probe_parts(tokenizer: Any) -> tuple[str, str] | None:
     except ValueError:  # content was rewritten by the template
         return None
 
-    def strip_turn_end(between: str, turn_end: str) -> str:
+    def strip_turn_end(between: str, turn_end: str, other_end: str) -> str:
         eos = tokenizer.eos_token or ""
-        for end in (turn_end, turn_end[: -len(eos)] if eos and turn_end.endswith(eos) else None, ""):
+        trimmed = turn_end[: -len(eos)] if eos and turn_end.endswith(eos) else None
+        # other_end: the other role's turn closer, for templates that end a chat's last turn unlike
+        # the others (gpt-oss: <|return|> after the last answer, <|end|> after every other turn)
+        for end in (turn_end, trimmed or None, other_end or None, ""):
             if end is not None and between.startswith(end):
                 marker = between[len(end) :].rstrip(" ")
                 # The marker may *be* the closer of the previous turn (Mistral: "... [/INST] answer").
                 return marker if marker.strip() else between.rstrip(" ")
         return between.rstrip(" ")
 
-    instruction = strip_turn_end(between_au, answer_end)
-    response = strip_turn_end(between_ua, user_end)
+    instruction = strip_turn_end(between_au, answer_end, user_end)
+    response = strip_turn_end(between_ua, user_end, answer_end)
     if not instruction.strip() or not response.strip() or instruction == response:
         return None
     return instruction, response

@@ -38,6 +38,8 @@ class ChatTemplateSpec:
     published: bool = True
     aliases: tuple[str, ...] = ()
     extra_stop_tokens: tuple[str, ...] = ()
+    ollama: bool = True
+    """False: loris writes no Ollama TEMPLATE for it (none to check one against, see export/ollama.py)."""
 
     @property
     def template(self) -> str:
@@ -233,6 +235,20 @@ _SPECS: tuple[ChatTemplateSpec, ...] = (
         bos_token="<s>",
         eos_token="</s>",
         extra_stop_tokens=("<|user|>", "<|assistant|>", "<|system|>"),
+    ),
+    ChatTemplateSpec(
+        "gpt-oss",
+        "published/gpt-oss.jinja",
+        # the harmony format: the last (trained) assistant turn ends with <|return|>, earlier ones with
+        # <|end|>; responses are the final-channel answers (as Unsloth's gpt-oss recipe masks them)
+        stop_token="<|return|>",
+        instruction_part="<|start|>user<|message|>",
+        response_part="<|start|>assistant<|channel|>final<|message|>",
+        bos_token="<|startoftext|>",
+        eos_token="<|return|>",
+        aliases=("gpt_oss", "harmony"),
+        extra_stop_tokens=("<|call|>", "<|endoftext|>"),
+        ollama=False,
     ),
     ChatTemplateSpec(
         "alpaca",

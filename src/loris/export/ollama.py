@@ -5,6 +5,10 @@ prompts, date headers, where Mistral puts the system text), so we write our own 
 registry family, plus one built from a custom ``{INPUT}``/``{OUTPUT}`` template. Ollama leaves BOS to the
 tokenizer, so templates never write it. A Modelfile ``SYSTEM`` is inserted by Ollama as the system
 message when a chat has none, which is how default system prompts are reproduced.
+
+gpt-oss' harmony template has no Ollama form here (``ChatTemplateSpec.ollama``): it writes today's
+date (``strftime_now``) into every prompt, and no reference Ollama template for it is at hand to check
+one against, so its Modelfile has no TEMPLATE (with a warning).
 """
 
 from __future__ import annotations
@@ -151,6 +155,8 @@ def ollama_template(chat_template: str | Any) -> tuple[str, str | None, tuple[st
     system: str | None = None
     if isinstance(chat_template, str):
         spec = resolve_template(chat_template)
+        if not spec.ollama:
+            return None
         eos = spec.eos_token or "</s>"
         return _GO_TEMPLATES[spec.name](eos), spec.default_system_message, _stops(spec, eos)
     template = getattr(chat_template, "chat_template", None)
@@ -167,7 +173,7 @@ def ollama_template(chat_template: str | Any) -> tuple[str, str | None, tuple[st
             system = custom.default_system_message
         return _custom_go_template(custom, eos), system, tuple(dict.fromkeys(s for s in stops if s))
     spec = spec_for_template_text(base)
-    if spec is None:
+    if spec is None or not spec.ollama:
         return None
     if system is None:
         system = spec.default_system_message
