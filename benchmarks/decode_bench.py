@@ -6,7 +6,9 @@ of random ids, no EOS, so every call decodes exactly ``--new`` tokens per row. V
 
 - ``none``:   the base model, no adapter;
 - ``live``:   LoRA r=16 alpha 16 on the 7 projections, read on every step (GRPO's rollout path);
-- ``merged``: the same adapter folded into a temporary copy (``EngineOptions(merge_lora=True)``),
+- ``merged``: the same adapter folded into a temporary copy (``EngineOptions(merge_lora=True)``;
+  every call copies and merges anew and, with CUDA graphs, captures anew: that capture falls inside
+  its decode time, the copy and merge inside ``call_s`` only),
 
 each with every ``--decode`` mode (default: ``cuda_graph`` and ``eager`` on CUDA, ``eager`` on CPU).
 Per variant: ms per decode step, decode tokens/s, whole-call seconds (the merged copy's
