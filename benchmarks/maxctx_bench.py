@@ -10,9 +10,10 @@ a failed try's fragments and caches out of the next one.
 
 Per system: ``--start`` first (``--lo`` is taken to fit: earlier runs trained 131,072 on both), then
 doubling up to ``--hi`` while tries fit, then bisection to ``--grain`` tokens. Systems take turns,
-so when the ``--budget-s`` for the whole command runs out both have moved alike; a try is not
-started when its estimated time (load + a step grown quadratically from the longest fitting try;
-unknown before the first fit) exceeds the budget left, and it is killed at the budget's end. The JSON is rewritten after every try;
+fewest tries first, so when the ``--budget-s`` for the whole command runs out both have moved
+alike; a try is not started when its estimated time (load + a step grown quadratically from the
+longest fitting try, of this system or else of another) exceeds the budget left, and it is killed
+at the budget's end. The JSON is rewritten after every try;
 ``--resume`` continues a search from an earlier JSON (one GPU command may not hold a whole search).
 
     python benchmarks/maxctx_bench.py search --systems loris-offload unsloth --out $OUT/maxctx.json
@@ -225,12 +226,15 @@ def cmd_search(args) -> int:
     failed = False
     while True:
         progressed = False
-        for name, s in searches.items():
+        # fewest decided tries first: a resumed search gives the system that waited its turn
+        for name, s in sorted(searches.items(), key=lambda kv: _decided(kv[1])):
             seq = s.next()
             if seq is None:
                 continue
             left = args.budget_s - (time.time() - t_start)
-            need = s.estimate_s(seq, default=MIN_TRY_S)  # nothing known yet: try, killed at the end
+            # nothing known of this system yet: the others' estimate, else try (killed at the end)
+            prior = max((o.estimate_s(seq, default=0.0) for o in searches.values()), default=0.0)
+            need = s.estimate_s(seq, default=max(prior, MIN_TRY_S))
             if max(need, MIN_TRY_S) > left:
                 print(f"[maxctx] {name}: {seq:,} needs ~{need:.0f}s, {left:.0f}s left: stopping", flush=True)
                 continue
@@ -254,6 +258,10 @@ def cmd_search(args) -> int:
         print(f"[maxctx] {name}: max {r['max_seq']:,} tokens ({r['status']})", flush=True)
     print(f"results: {out}")
     return 1 if failed else 0
+
+
+def _decided(search: Search) -> int:
+    return sum(t["outcome"] != "killed" for t in search.tries)
 
 
 def _summary(doc: dict, searches: dict[str, Search]) -> dict:

@@ -80,3 +80,57 @@ def test_a_tiny_cpu_search_runs_each_try_in_its_own_process(maxctx, tmp_path):
     assert [(t["seq"], t["outcome"]) for t in tries] == [(128, "fit"), (256, "fit")]
     assert all(t["loss"] > 0 and t["step_s"] >= 0 for t in tries)
     assert doc["results"]["loris"]["max_seq"] == 256 and doc["results"]["loris"]["status"] == "cap"
+
+
+class _FakeBench:
+    """lora_bench's pieces the driver calls, without a model."""
+
+    @staticmethod
+    def host_cpu():
+        return "fake"
+
+    @staticmethod
+    def make_checkpoint(shape, out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text("{}")
+
+
+def test_the_driver_takes_turns_keeps_to_the_budget_and_resumes(maxctx, monkeypatch, tmp_path):
+    """Fake tries on a fake clock: loris fits 380k, Unsloth 300k; a try at 262,144 takes loris 100 s
+    and Unsloth 200 s, longer tries grow with the square of the length."""
+    limits = {"loris-offload": 380_000, "unsloth": 300_000}
+    seconds = {"loris-offload": 100.0, "unsloth": 200.0}
+    clock, calls = [0.0], []
+
+    def fake_try(args, system, ckpt, seq, timeout):
+        calls.append((system, seq))
+        wall = 40.0 + (seconds[system] - 40.0) * (seq / 262144) ** 2
+        if wall > timeout:
+            clock[0] += timeout
+            return {"outcome": "timeout", "wall_s": timeout}
+        clock[0] += wall
+        return {"outcome": "fit" if seq <= limits[system] else "oom", "wall_s": wall, "step_s": wall - 40}
+
+    monkeypatch.setattr(maxctx, "lora_bench", lambda: _FakeBench)
+    monkeypatch.setattr(maxctx, "run_try", fake_try)
+    monkeypatch.setattr(maxctx.time, "time", lambda: clock[0])
+    argv = ["search", "--workdir", str(tmp_path), "--grain", "16384"]
+    first = tmp_path / "first.json"
+    assert maxctx.main([*argv, "--budget-s", "250", "--out", str(first)]) == 0
+    # loris fits at 100 s; Unsloth, estimated from loris at 100 s, is killed at the budget's end (150 s
+    # left); neither has room for another try
+    assert calls == [("loris-offload", 262144), ("unsloth", 262144)]
+    doc = json.loads(first.read_text())
+    assert [t["outcome"] for t in doc["searches"]["unsloth"]["tries"]] == ["killed"]
+    assert doc["results"]["unsloth"]["status"].startswith("unfinished")
+
+    calls.clear()
+    second = tmp_path / "second.json"
+    assert maxctx.main([*argv, "--budget-s", "100000", "--resume", str(first), "--out", str(second)]) == 0
+    assert calls[0] == ("unsloth", 262144)  # the killed try again, first: Unsloth has fewer decided tries
+    assert [system for system, _ in calls[:4]] == ["unsloth", "loris-offload"] * 2
+    doc = json.loads(second.read_text())
+    for system, limit in limits.items():
+        r = doc["results"][system]
+        assert r["status"] == "bracketed" and r["max_seq"] <= limit < r["first_no_fit"], system
+        assert r["first_no_fit"] - r["max_seq"] <= 16384
