@@ -36,7 +36,7 @@ from loris import FastLanguageModel  # noqa: E402
 from loris.demos.assets import smollm2_gguf  # noqa: E402
 from loris.export.gguf import save_gguf  # noqa: E402
 from loris.lora import expert_lora_modules, lora_modules  # noqa: E402
-from tiny_models import BASE, tiny_bpe_tokenizer  # noqa: E402
+from tiny_models import BASE, GPT_OSS, tiny_bpe_tokenizer  # noqa: E402
 
 FLOAT_METHODS = ["f32", "f16", "bf16"]
 LEGACY_METHODS = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
@@ -99,6 +99,13 @@ FAMILIES = {
         num_experts_per_tok=2,
         norm_topk_prob=True,
     ),
+    "gpt_oss": {
+        **{k: v for k, v in GPT_OSS.items() if k != "attn_implementation"},
+        "head_dim": 64,
+        "intermediate_size": 64,
+        # llama.cpp's YaRN always rounds its correction range (gpt-oss' own truncate is False)
+        "rope_parameters": {**GPT_OSS["rope_parameters"], "truncate": True},
+    },
 }
 K_SIZES = dict(hidden_size=256, intermediate_size=512)  # rows of 256: real K-quant blocks
 
@@ -161,8 +168,8 @@ def _lora_model(folder: Path, kw: dict):
         for name, p in hf.named_parameters():
             if "norm" in name:
                 p.normal_(0.0, 0.5)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.1)
+            elif name.endswith(("bias", "sinks")):
+                p.normal_(0.0, 0.1 if name.endswith("bias") else 1.0)
     hf.save_pretrained(folder)
     tok.save_pretrained(folder)
     model, tok = FastLanguageModel.from_pretrained(

@@ -109,10 +109,15 @@ def gguf_tensors(model, plan: list[PlannedTensor]) -> list[GGUFTensor]:
     permute, plus_one = spec.gguf_permuted_qk, spec.gguf_norm_plus_one
     names = gguf.TensorNameMap(gguf_arch(cfg), cfg.num_layers)
     out = [*_rope_tensors(cfg)]
-    for t in _stack_experts(plan):
+    plan = _stack_experts(plan)
+    if cfg.moe is not None and cfg.moe.expert_layout == "gpt_oss":
+        plan = _split_gpt_oss_experts(plan, cfg.moe.intermediate_size)
+    for t in plan:
         name = names.get_name(t.name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ValueError(f"no GGUF name for tensor {t.name!r} of a {cfg.model_type} model")
+        if not name.endswith((".weight", ".bias")):  # a bare parameter (gpt-oss' self_attn.sinks)
+            name += ".weight"
         compute = t.compute
         if permute and t.name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias")):
             heads = cfg.num_heads if ".q_proj." in t.name else cfg.num_kv_heads
@@ -151,6 +156,55 @@ def _stack_experts(plan: list[PlannedTensor]) -> list[PlannedTensor]:
                 is_projection=True,
             )
     return out
+
+
+_GPT_OSS_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)(_bias)?$")
+
+
+def _split_gpt_oss_experts(plan: list[PlannedTensor], inter: int) -> list[PlannedTensor]:
+    """gpt-oss' stacked experts as llama.cpp's converter writes them: the (experts, in, out)
+    ``gate_up_proj`` with interleaved columns becomes ``ffn_gate_exps`` / ``ffn_up_exps`` (experts,
+    out, in), ``down_proj`` ``ffn_down_exps`` (experts, out, in), each bias split alike."""
+    out: list[PlannedTensor] = []
+    for t in plan:
+        m = _GPT_OSS_EXPERT.match(t.name)
+        if m is None:
+            out.append(t)
+            continue
+        prefix, proj, bias = m.group(1), m.group(2), m.group(3) is not None
+        suffix = ".bias" if bias else ".weight"
+        e = t.shape[0]
+        if proj == "down_proj":
+            shape = t.shape if bias else (e, t.shape[2], t.shape[1])
+            compute = t.compute if bias else (lambda c=t.compute: c().transpose(1, 2).contiguous())
+            out.append(PlannedTensor(prefix + ".down_proj" + suffix, shape, compute, not bias))
+            continue
+        fused = _computed_once(t.compute, uses=2)
+        for name, start in (("gate_proj", 0), ("up_proj", 1)):
+            if bias:
+                compute = lambda c=fused, s=start: c()[:, s::2].contiguous()  # noqa: E731
+                shape = (e, inter)
+            else:
+                compute = lambda c=fused, s=start: c()[:, :, s::2].transpose(1, 2).contiguous()  # noqa: E731
+                shape = (e, inter, t.shape[1])
+            out.append(PlannedTensor(f"{prefix}.{name}{suffix}", shape, compute, not bias))
+    return out
+
+
+def _computed_once(compute: Callable[[], torch.Tensor], uses: int) -> Callable[[], torch.Tensor]:
+    """``compute`` run on the first call, its result handed out ``uses`` times, then dropped."""
+    held: list = []
+
+    def get() -> torch.Tensor:
+        if not held:
+            held[:] = [compute(), uses]
+        value = held[0]
+        held[1] -= 1
+        if held[1] == 0:
+            held.clear()
+        return value
+
+    return get
 
 
 def _rope_tensors(cfg: ModelConfig) -> list[GGUFTensor]:

@@ -62,6 +62,29 @@ def weight_map(cfg) -> WeightMap:
     return m
 
 
+def _gguf_metadata(writer, cfg, warn) -> None:
+    """llama.cpp's gpt-oss hyper-parameters. It hard-codes the rest: sinks, the clamped SwiGLU
+    (alpha 1.702, limit 7), softmax over the chosen experts, and sliding windows on even layers."""
+    moe = cfg.moe
+    sliding = [cfg.is_sliding(i) for i in range(cfg.num_layers)]
+    if sliding != [i % 2 == 0 for i in range(cfg.num_layers)]:
+        raise ValueError(
+            "llama.cpp's gpt-oss puts the sliding window on every even layer and full attention on odd "
+            f"ones; this model's layer_types are {cfg.layer_types}"
+        )
+    if (moe.swiglu_alpha, moe.swiglu_limit) != (SWIGLU_ALPHA, SWIGLU_LIMIT):
+        raise ValueError("llama.cpp's gpt-oss fixes the SwiGLU alpha 1.702 and limit 7.0")
+    writer.add_expert_count(moe.num_experts)
+    writer.add_expert_used_count(moe.top_k)
+    writer.add_expert_feed_forward_length(moe.intermediate_size)
+    writer.add_sliding_window(cfg.sliding_window)
+    if cfg.rope.rope_type == "yarn" and not cfg.rope.truncate:
+        warn(
+            "gpt-oss' YaRN keeps its correction range unrounded (truncate=False); llama.cpp rounds it, so "
+            "rotary angles of a few channels differ slightly in llama.cpp"
+        )
+
+
 SPEC = FamilySpec(
     model_type="gpt_oss",
     config_fields=config_fields,
@@ -69,4 +92,5 @@ SPEC = FamilySpec(
     gguf_arch="gpt-oss",
     gguf_key_length=True,
     gguf_rope_dimension=True,
+    gguf_metadata=_gguf_metadata,
 )
