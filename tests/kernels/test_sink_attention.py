@@ -72,3 +72,26 @@ def test_the_sink_takes_weight_away():
         )
         torch.testing.assert_close(sink_attention(q, k, v, None, 0.3, torch.full_like(sinks, -1e4)), plain)
         assert sink_attention(q, k, v, None, 0.3, torch.full_like(sinks, 30.0)).abs().max() < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_runs_the_memory_efficient_kernel_and_matches_the_reference(dtype):
+    """gpt-oss' head size 64 with 8 query heads per key head, causal and padded: SDPA's
+    memory-efficient kernel alone (no math fallback) must take the padded sink key."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, sinks = (
+        t.detach().cuda().to(dtype).requires_grad_() for t in _inputs(h=8, kvh=1, n=40, kv=40, d=64)
+    )
+    attention_mask = torch.ones(2, 40, dtype=torch.long, device="cuda")
+    attention_mask[0, :5] = 0
+    for mask in (None, causal_mask(40, 40, 0, attention_mask, 16, q.device)):
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+            out = sink_attention(q, k, v, mask, 0.125, sinks)
+            grads = torch.autograd.grad(out.float().square().sum(), (q, k, v, sinks))
+        ref = sink_attention_reference(*(t.float() for t in (q, k, v)), mask, 0.125, sinks.float())
+        want = torch.autograd.grad(ref.square().sum(), (q, k, v, sinks))
+        torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+        for a, b in zip(grads, want, strict=True):
+            assert ((a.float() - b).norm() / b.norm()).item() < 3e-2

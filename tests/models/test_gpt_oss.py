@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import moe_checks
-from loris.lora import ExpertLora, expert_lora_modules
+from loris.lora import ExpertLora, expert_lora_modules, lora_modules
 from loris.models.decoder import LorisForCausalLM
 from loris.models.families.gpt_oss import SWIGLU_ALPHA, SWIGLU_LIMIT
 from loris.models.moe import SparseMoE, clamped_swiglu, moe_reference
@@ -282,3 +282,29 @@ def test_4bit_experts_match_their_dequantized_weights(saved_gpt_oss):
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     for (name, a), (_, b) in zip(expert_lora_modules(q), expert_lora_modules(ref), strict=True):
         torch.testing.assert_close(a.lora_A.grad, b.lora_A.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.gpu
+def test_bf16_cuda_logits_and_a_lora_step(saved_gpt_oss):
+    """On CUDA in bf16: logits near transformers' eager gpt-oss in bf16, a LoRA step (attention and
+    experts, under checkpointing) with finite, non-zero adapter gradients."""
+    from transformers import AutoModelForCausalLM
+
+    _, folder = saved_gpt_oss
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.bfloat16, attn_implementation="eager", device_map="cuda"
+    ).eval()
+    model, _ = load(folder, dtype=torch.bfloat16, device_map="cuda")
+    ids, mask = (t.cuda() for t in batch(9, n=40))
+    with torch.no_grad():
+        ours = model(ids, attention_mask=mask).logits.float()
+        ref = hf(input_ids=ids, attention_mask=mask).logits.float()
+    real = mask.bool()
+    assert ((ours[real] - ref[real]).norm() / ref[real].norm()).item() < 2e-2
+    model = lora(model)
+    loss = model.train()(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    loss.backward()
+    grads = [m.lora_A.grad for _, m in expert_lora_modules(model)] + [
+        m.lora_A.grad for _, m in lora_modules(model)
+    ]
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)

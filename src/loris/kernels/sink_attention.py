@@ -6,7 +6,8 @@ from the sink (it has no value).
 
 SDPA takes no per-head extra logit, so `sink_attention` gives it one more key: every query gets an
 extra feature ``s_h / scale`` and every key a 0 there; the added key is 0 everywhere except a 1 in
-that feature, and its value is 0. Its logit is then exactly ``s_h`` and the real logits are
+that feature, and its value is 0 (q and k are padded with zeros to a multiple of 8 features, which
+SDPA's memory-efficient CUDA kernel needs). Its logit is then exactly ``s_h`` and the real logits are
 unchanged. The mask stays a boolean (batch|1, 1, q, kv + 1) one (no per-head float mask), and
 SDPA's fused kernels run as for any model. `sink_attention_reference` is the definition, written
 out with fp32 scores; the tests compare the two, and the model against transformers' eager
@@ -59,13 +60,16 @@ def sink_attention(
     sinks: torch.Tensor,
 ) -> torch.Tensor:
     """`sink_attention_reference` through SDPA, with the sink as one extra key (see the module doc)."""
-    b, h, n, _ = q.shape
+    b, h, n, d = q.shape
     kv_len = k.shape[2]
+    extra = 8 - d % 8  # the sink feature plus zeros: q/k head size stays a multiple of 8 (fused kernels)
     sink_feature = (sinks.to(q.dtype) / scale).reshape(1, h, 1, 1).expand(b, h, n, 1)
-    q = torch.cat([q, sink_feature], dim=-1)
-    k = F.pad(k, (0, 1, 1, 0))  # a zero key in front, and a zero feature for every key
-    k[:, :, 0, -1] = 1.0
+    q = F.pad(torch.cat([q, sink_feature], dim=-1), (0, extra - 1))
+    k = F.pad(k, (0, extra, 1, 0))  # a zero key in front, and zero features for every key
+    k[:, :, 0, d] = 1.0
     v = F.pad(v, (0, 0, 1, 0))
     allowed = _bool_mask(mask, n, kv_len, q.device)
     allowed = F.pad(allowed, (1, 0), value=True)  # every query sees the sink
+    if q.is_cuda and k.shape[1] != h:  # the memory-efficient kernel (masks, unequal v size) takes no GQA
+        k, v = (t.repeat_interleave(h // k.shape[1], dim=1) for t in (k, v))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=True)
