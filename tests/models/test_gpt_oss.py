@@ -255,9 +255,10 @@ def test_greedy_generation_equals_transformers(saved_gpt_oss):
     assert ours.tolist() == ref.tolist()
 
 
-def test_4bit_experts_match_their_dequantized_weights(saved_gpt_oss):
+def test_4bit_experts_match_their_dequantized_weights(saved_gpt_oss, tmp_path):
     """QLoRA on gpt-oss' transposed experts: the NF4 model equals a 16-bit one holding the
-    dequantized weights, forward and expert-adapter gradients."""
+    dequantized weights, forward and expert-adapter gradients; its merged export goes into the
+    original 16-bit stacks."""
     from loris.quant import Linear4bit
 
     _, folder = saved_gpt_oss
@@ -282,6 +283,15 @@ def test_4bit_experts_match_their_dequantized_weights(saved_gpt_oss):
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     for (name, a), (_, b) in zip(expert_lora_modules(q), expert_lora_modules(ref), strict=True):
         torch.testing.assert_close(a.lora_A.grad, b.lora_A.grad, rtol=1e-4, atol=1e-7, msg=name)
+    from transformers import AutoModelForCausalLM
+
+    out = q.eval().save_pretrained_merged(tmp_path / "merged", save_method="merged_32bit")
+    merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation="eager")
+    full, _ = load(folder)
+    full = lora(full).eval()
+    with torch.no_grad():
+        want = full(ids).logits
+        torch.testing.assert_close(merged.eval()(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu
