@@ -73,6 +73,35 @@ def test_sparse_block_equals_transformers_and_the_expert_loop():
         assert (h[:, 0::2] > SWIGLU_LIMIT).any() or (h[:, 1::2].abs() > SWIGLU_LIMIT).any()
 
 
+def test_the_published_gpt_oss_20b_config_parses():
+    """openai/gpt-oss-20b's config.json as published (transformers 4.55 names: rope_scaling,
+    rope_theta, extra keys such as swiglu_limit, an mxfp4 quantization_config)."""
+    from loris.models.config import ModelConfig
+
+    raw = {
+        "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0,
+        "eos_token_id": 200002, "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu",
+        "hidden_size": 2880, "initial_context_length": 4096, "initializer_range": 0.02,
+        "intermediate_size": 2880, "layer_types": ["sliding_attention", "full_attention"] * 12,
+        "max_position_embeddings": 131072, "model_type": "gpt_oss", "num_attention_heads": 64,
+        "num_experts_per_tok": 4, "num_hidden_layers": 24, "num_key_value_heads": 8, "num_local_experts": 32,
+        "output_router_logits": False, "pad_token_id": 199999, "rms_norm_eps": 1e-05,
+        "rope_scaling": {
+            "beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+            "rope_type": "yarn", "truncate": False,
+        },
+        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
+        "tie_word_embeddings": False, "use_cache": True, "vocab_size": 201088,
+    }  # fmt: skip
+    cfg = ModelConfig.from_hf(raw)
+    rope, moe = cfg.rope, cfg.moe
+    assert (rope.rope_type, rope.theta, rope.factor, rope.truncate) == ("yarn", 150000.0, 32.0, False)
+    assert rope.original_max_position_embeddings == 4096
+    assert (moe.num_experts, moe.top_k, moe.intermediate_size, moe.router_aux_loss_coef) == (32, 4, 2880, 0.9)
+    assert cfg.attn_sinks and cfg.qkv_bias and cfg.o_bias and cfg.sliding_window == 128
+    assert [cfg.is_sliding(i) for i in range(4)] == [True, False, True, False]
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_logits_equal_transformers(side, saved_gpt_oss):
     hf, folder = saved_gpt_oss

@@ -54,13 +54,18 @@ def test_stream_pairs_blocks_and_scales_in_any_order():
         list(dequantize_mxfp4_tensors(iter([("b_blocks", blocks)]), torch.float32))
 
 
-def test_a_packed_gpt_oss_checkpoint_loads_with_transformers_logits(tmp_path):
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """(transformers model holding transformers' dequantized experts, folder of the packed checkpoint)."""
+    return _write_packed(tmp_path_factory.mktemp("packed"))
+
+
+def _write_packed(tmp_path):
     """Experts written as *_blocks / *_scales with an mxfp4 quantization_config (as the Hub's
     gpt-oss): loris' model equals transformers' model holding transformers' dequantized experts."""
     from safetensors.torch import save_file
     from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
-    from loris import FastLanguageModel
     from tiny_models import make_gpt_oss_model, tiny_tokenizer
 
     hf = make_gpt_oss_model(seed=3)
@@ -84,9 +89,15 @@ def test_a_packed_gpt_oss_checkpoint_loads_with_transformers_logits(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     save_file(state, str(tmp_path / "model.safetensors"))
     tiny_tokenizer().save_pretrained(tmp_path)
+    return hf, tmp_path
 
+
+def test_a_packed_gpt_oss_checkpoint_loads_with_transformers_logits(packed):
+    from loris import FastLanguageModel
+
+    hf, folder = packed
     model, _ = FastLanguageModel.from_pretrained(
-        str(tmp_path), load_in_4bit=False, dtype=torch.float32, device_map="cpu"
+        str(folder), load_in_4bit=False, dtype=torch.float32, device_map="cpu"
     )
     torch.testing.assert_close(
         model.layers[1].mlp.experts.down_proj, hf.model.layers[1].mlp.experts.down_proj, rtol=0, atol=0
@@ -94,3 +105,17 @@ def test_a_packed_gpt_oss_checkpoint_loads_with_transformers_logits(tmp_path):
     ids = torch.randint(4, 160, (2, 11), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, hf(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_packed_checkpoint_loads_with_4bit_experts(packed):
+    """load_in_4bit on an MXFP4 checkpoint: each expert stack is dequantized, then stored as NF4."""
+    from loris import FastLanguageModel
+    from loris.quant import Linear4bit
+
+    hf, folder = packed
+    model, _ = FastLanguageModel.from_pretrained(str(folder), load_in_4bit=True, dtype=torch.float32)
+    ex = model.layers[0].mlp.experts
+    assert isinstance(ex.gate_up_proj_q, Linear4bit) and ex.gate_up_proj is None
+    want = hf.model.layers[0].mlp.experts.gate_up_proj
+    got = ex.weight("gate_up_proj", torch.float32)
+    assert ((got - want).norm() / want.norm()).item() < 0.15  # NF4's error on the MXFP4 values
