@@ -53,3 +53,40 @@ def assert_adapter_grads_equal_peft(model, peft) -> None:
         torch.testing.assert_close(mod.lora_A.grad.reshape(e * r, i), want_a, rtol=1e-4, atol=1e-7)
         got_b = mod.lora_B.grad.permute(1, 2, 0).reshape(-1, r * e)
         torch.testing.assert_close(got_b, want_b, rtol=1e-4, atol=1e-7)
+
+
+def assert_4bit_experts_match(folder, ids, mask, tmp_path, **hf_kw) -> None:
+    """QLoRA on the experts: the NF4 model equals a 16-bit one holding the dequantized weights
+    (loss and expert-adapter gradients), and its merged export goes into the original 16-bit
+    experts (transformers reloads it with the 16-bit LoRA model's logits). ``hf_kw``: extra
+    ``from_pretrained`` arguments for transformers."""
+    from transformers import AutoModelForCausalLM
+
+    from loris.quant import Linear4bit
+
+    q, _ = load(folder, load_in_4bit=True)
+    ex = q.layers[0].mlp.experts
+    assert isinstance(ex.gate_up_proj_q, Linear4bit) and ex.gate_up_proj is None
+    ref, _ = load(folder)
+    with torch.no_grad():
+        for a, b in zip(q.layers, ref.layers, strict=True):
+            for name in ("gate_up_proj", "down_proj"):
+                getattr(b.mlp.experts, name).copy_(a.mlp.experts.weight(name, torch.float32))
+            for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                getattr(b.self_attn, proj).weight.copy_(getattr(a.self_attn, proj).dequantize(torch.float32))
+    q, ref = lora(q), lora(ref)
+    labels = ids.masked_fill(mask == 0, -100)
+    losses = []
+    for model in (q, ref):
+        loss = model.train()(ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for (name, a), (_, b) in zip(expert_lora_modules(q), expert_lora_modules(ref), strict=True):
+        torch.testing.assert_close(a.lora_A.grad, b.lora_A.grad, rtol=1e-4, atol=1e-7, msg=name)
+    out = q.eval().save_pretrained_merged(tmp_path / "merged", save_method="merged_32bit")
+    merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, **hf_kw).eval()
+    full, _ = load(folder)
+    full = lora(full).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, full(ids).logits, rtol=1e-4, atol=1e-5)

@@ -14,7 +14,7 @@ from loris.lora import ExpertLora, expert_lora_modules, lora_modules
 from loris.models.decoder import LorisForCausalLM
 from loris.models.families.gpt_oss import SWIGLU_ALPHA, SWIGLU_LIMIT
 from loris.models.moe import SparseMoE, clamped_swiglu, moe_reference
-from moe_checks import assert_adapter_grads_equal_peft, load, lora
+from moe_checks import assert_4bit_experts_match, assert_adapter_grads_equal_peft, load, lora
 
 
 @pytest.fixture(scope="module")
@@ -288,39 +288,9 @@ def test_4bit_experts_match_their_dequantized_weights(saved_gpt_oss, tmp_path):
     """QLoRA on gpt-oss' transposed experts: the NF4 model equals a 16-bit one holding the
     dequantized weights, forward and expert-adapter gradients; its merged export goes into the
     original 16-bit stacks."""
-    from loris.quant import Linear4bit
-
     _, folder = saved_gpt_oss
-    q, _ = load(folder, load_in_4bit=True)
-    ex = q.layers[0].mlp.experts
-    assert isinstance(ex.gate_up_proj_q, Linear4bit) and ex.gate_up_proj is None
-    ref, _ = load(folder)
-    with torch.no_grad():
-        for a, b in zip(q.layers, ref.layers, strict=True):
-            for name in ("gate_up_proj", "down_proj"):
-                getattr(b.mlp.experts, name).copy_(a.mlp.experts.weight(name, torch.float32))
-            for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                getattr(b.self_attn, proj).weight.copy_(getattr(a.self_attn, proj).dequantize(torch.float32))
-    q, ref = lora(q), lora(ref)
     ids, mask = batch(8)
-    labels = ids.masked_fill(mask == 0, -100)
-    losses = []
-    for model in (q, ref):
-        loss = model.train()(ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    for (name, a), (_, b) in zip(expert_lora_modules(q), expert_lora_modules(ref), strict=True):
-        torch.testing.assert_close(a.lora_A.grad, b.lora_A.grad, rtol=1e-4, atol=1e-7, msg=name)
-    from transformers import AutoModelForCausalLM
-
-    out = q.eval().save_pretrained_merged(tmp_path / "merged", save_method="merged_32bit")
-    merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation="eager")
-    full, _ = load(folder)
-    full = lora(full).eval()
-    with torch.no_grad():
-        want = full(ids).logits
-        torch.testing.assert_close(merged.eval()(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)
+    assert_4bit_experts_match(folder, ids, mask, tmp_path, attn_implementation="eager")
 
 
 @pytest.mark.gpu

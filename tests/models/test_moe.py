@@ -12,7 +12,7 @@ from loris.kernels.activations import GATED_ACTIVATIONS
 from loris.lora import ExpertLora, expert_lora_modules
 from loris.models.decoder import LorisForCausalLM
 from loris.models.moe import SparseMoE, moe_reference
-from moe_checks import assert_adapter_grads_equal_peft, batch, load, lora
+from moe_checks import assert_4bit_experts_match, assert_adapter_grads_equal_peft, batch, load, lora
 
 
 @pytest.fixture(scope="module")
@@ -222,39 +222,9 @@ def test_greedy_generation_equals_transformers(saved_moe):
 def test_4bit_experts_match_their_dequantized_weights(saved_moe, tmp_path):
     """QLoRA on the experts: NF4 stacks (one matrix per projection and layer), dequantized per use;
     the model equals a 16-bit one holding those dequantized weights, forward and LoRA gradients."""
-    from loris.quant import Linear4bit
-
     _, folder = saved_moe("moe")
-    q, _ = load(folder, load_in_4bit=True)
-    ex = q.layers[0].mlp.experts
-    assert isinstance(ex.gate_up_proj_q, Linear4bit) and ex.gate_up_proj is None
-    ref, _ = load(folder)
-    with torch.no_grad():
-        for a, b in zip(q.layers, ref.layers, strict=True):
-            for name in ("gate_up_proj", "down_proj"):
-                getattr(b.mlp.experts, name).copy_(a.mlp.experts.weight(name, torch.float32))
-            for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                getattr(b.self_attn, proj).weight.copy_(getattr(a.self_attn, proj).dequantize(torch.float32))
-    q, ref = lora(q), lora(ref)
     ids, mask = batch(7)
-    labels = ids.masked_fill(mask == 0, -100)
-    losses = []
-    for model in (q, ref):
-        loss = model.train()(ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    for (name, a), (_, b) in zip(expert_lora_modules(q), expert_lora_modules(ref), strict=True):
-        torch.testing.assert_close(a.lora_A.grad, b.lora_A.grad, rtol=1e-4, atol=1e-7, msg=name)
-    # merged into the original 16-bit weights (experts included), not the dequantized ones
-    from transformers import AutoModelForCausalLM
-
-    out = q.eval().save_pretrained_merged(tmp_path / "merged", save_method="merged_32bit")
-    merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
-    full, _ = load(folder)
-    full = lora(full).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, full(ids).logits, rtol=1e-4, atol=1e-5)
+    assert_4bit_experts_match(folder, ids, mask, tmp_path)
 
 
 def test_a_peft_made_adapter_loads_with_equal_logits(saved_moe, tmp_path):
