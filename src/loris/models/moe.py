@@ -26,6 +26,7 @@ its mean router probability. Each layer records its counts and probability sums 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -190,8 +191,7 @@ class Experts(nn.Module):
         self.activation = activation
         self.act = GATED_ACTIVATIONS[activation]
         if moe is not None and moe.swiglu_limit is not None:
-            alpha, limit = moe.swiglu_alpha, moe.swiglu_limit
-            self.act = lambda gate, up: clamped_swiglu(gate, up, alpha, limit)
+            self.act = functools.partial(clamped_swiglu, alpha=moe.swiglu_alpha, limit=moe.swiglu_limit)
         self.gate_up_lora: ExpertLora | None = None
         self.down_lora: ExpertLora | None = None
 
