@@ -5,14 +5,14 @@
 #
 #   bash benchmarks/gpu_queue.sh prepare     # here, on the CPU machine: fills the git-ignored .whl/
 #   device run, carry [".whl"]:  bash benchmarks/gpu_queue.sh tests
-#                                bash benchmarks/gpu_queue.sh speed    # then dpo, moe, rollout, maxctx1, maxctx2
+#                                bash benchmarks/gpu_queue.sh speed    # then dpo, moe, gptoss, rollout, maxctx1, maxctx2
 #
 # tests    (~6 min)  every GPU test, then the torchrun smoke (DDP LoRA, FSDP2 full) on one GPU
 # speed    (~7 min)  LoRA-1B: loris default, loris "auto" and Unsloth, two rounds, plus loris as of fd60f81
 #                    (before the structure step, #14) interleaved: the no-speed-change check
 # dpo      (~6 min)  benchmarks/dpo_bench.py, LoRA-1B shape: loris, TRL + PEFT (± Liger), Unsloth (#17)
 # moe      (~9 min)  Qwen3-30B-A3B shape (12 of 48 layers), QLoRA and LoRA: loris, transformers + PEFT,
-#                    Unsloth (#19)
+#                    Unsloth (#19); gptoss: the same for gpt-oss-20b's shape (12 of 24 layers)
 # rollout  (~7 min)  decode_bench --profile (where a decode step's time goes) and grpo_bench's per-phase
 #                    times, loris vs Unsloth (#18)
 # maxctx1, maxctx2   longest context, Llama-3.1-8B QLoRA batch 1, loris vs Unsloth (#18), resumable
@@ -83,6 +83,14 @@ moe() {
         --warmup 2 --timeout 240 --workdir /dev/shm/loris-bench --outdir "$o" 2>&1 | tail -30 | tee "$o/log.txt"
 }
 
+gptoss() {
+    local o=$OUT/gptoss && mkdir -p "$o"
+    site peers
+    nvidia-smi -L | tee "$o/gpu.txt"
+    python3 benchmarks/lora_bench.py suite --settings gptoss-qlora gptoss-lora --systems loris hf unsloth --steps 6 \
+        --warmup 2 --timeout 240 --workdir /dev/shm/loris-bench --outdir "$o" 2>&1 | tail -30 | tee "$o/log.txt"
+}
+
 rollout() {
     local o=$OUT/rollout && mkdir -p "$o"
     site peers
@@ -111,6 +119,6 @@ maxctx2() {  # on the same warm machine; on a cold one carry maxctx-1.json and -
 }
 
 case "${1:-}" in
-    prepare | tests | speed | dpo | moe | rollout | maxctx1 | maxctx2) "$1" ;;
+    prepare | tests | speed | dpo | moe | gptoss | rollout | maxctx1 | maxctx2) "$1" ;;
     *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

@@ -26,6 +26,12 @@ import traceback
 from pathlib import Path
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Mixture of Experts: transformers 5 keeps each layer's experts as stacked parameters, which PEFT adapts
+# through target_parameters (loris and Unsloth put LoRA on the experts from the same TARGETS names).
+# A PEFT model built so gives the fused gate_up stack rank r; loris gives it 2r (r each for gate and
+# up, the rank_pattern PEFT honours when it loads such an adapter), so loris does a little more work.
+MOE_FAMILIES = ("qwen3_moe", "gpt_oss")
+EXPERT_PARAMETERS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 VOCAB = 128256
 SHAPES = {
     "1b": dict(
@@ -96,6 +102,22 @@ SHAPES = {
         rope_theta=1000000.0,
         max_position_embeddings=40960,
     ),
+    # gpt-oss-20b's layer (32 experts, top-4, expert width 2880, GQA 64/8, head_dim 64, sinks, sliding
+    # window 128 on alternate layers) with 12 of its 24 layers (~19 GB in bf16); tokens/s scale by 12/24
+    "gpt-oss-20b-12l": dict(
+        family="gpt_oss",
+        vocab_size=201088,
+        hidden_size=2880,
+        intermediate_size=2880,
+        num_local_experts=32,
+        num_experts_per_tok=4,
+        num_hidden_layers=12,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=64,
+        sliding_window=128,
+        tie_word_embeddings=False,
+    ),
     "moe-tiny": dict(
         family="qwen3_moe",
         hidden_size=256,
@@ -128,6 +150,8 @@ SETTINGS = {
     "moe-qlora": dict(shape="qwen3-30b-a3b-12l", qlora=True, batch=2, seq=2048),
     "moe-lora": dict(shape="qwen3-30b-a3b-12l", qlora=False, batch=2, seq=2048),
     "moe-smoke": dict(shape="moe-tiny", qlora=False, batch=2, seq=128),
+    "gptoss-qlora": dict(shape="gpt-oss-20b-12l", qlora=True, batch=2, seq=2048),
+    "gptoss-lora": dict(shape="gpt-oss-20b-12l", qlora=False, batch=2, seq=2048),
     "qwen3": dict(shape="qwen3-1.7b", qlora=False, batch=4, seq=2048),
     "gemma2": dict(shape="gemma2-2b", qlora=False, batch=4, seq=2048),
     # batch 1, the longest sequence that trains: doubling from 16k, then bisection to 4k tokens
@@ -171,7 +195,7 @@ def make_checkpoint(shape: str, out: Path) -> None:
         )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        if family == "qwen3_moe":  # built in bf16 directly: 30B-A3B layers in fp32 would not fit
+        if family in MOE_FAMILIES:  # built in bf16 directly: MoE layers in fp32 would not fit
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
         else:
             model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
@@ -257,10 +281,17 @@ def load_system(system: str, ckpt: str, qlora: bool, seq: int, seed: int, res: d
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)
+    moe = json.loads((Path(ckpt) / "config.json").read_text())["model_type"] in MOE_FAMILIES
     return get_peft_model(
         model,
         LoraConfig(
-            r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none", task_type="CAUSAL_LM"
+            r=16,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules=TARGETS,
+            target_parameters=EXPERT_PARAMETERS if moe else None,
+            bias="none",
+            task_type="CAUSAL_LM",
         ),
     )
 
@@ -498,8 +529,9 @@ def flops_per_token(shape: str, seq: int) -> float:
     vocab = c.get("vocab_size", VOCAB)
     q = c["num_attention_heads"] * c["head_dim"]
     kv = c["num_key_value_heads"] * c["head_dim"]
-    if "num_experts" in c:  # the experts a token is routed to, and the router
-        mlp = 3 * h * c["moe_intermediate_size"] * c["num_experts_per_tok"] + h * c["num_experts"]
+    experts = c.get("num_experts", c.get("num_local_experts"))
+    if experts:  # the experts a token is routed to, and the router
+        mlp = 3 * h * c.get("moe_intermediate_size", inter) * c["num_experts_per_tok"] + h * experts
     else:
         mlp = 3 * h * inter
     per_layer = h * (q + 2 * kv) + q * h + mlp
