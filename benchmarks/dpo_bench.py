@@ -21,18 +21,13 @@ the end (after running the rest), naming what failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("LORIS_BENCH_SHARED", HERE.parent.parent / "shared" / "bench"))
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from _suite import TARGETS, Suite, checkpoint, hf_step_timer, loris_step_timer, peak_gib, run_child
+
 SETTINGS = {"lora": dict(shape="1b", qlora=False), "qlora": dict(shape="8b", qlora=True)}
 
 
@@ -52,28 +47,18 @@ def rows(n: int, seq: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def _sync():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _summary(times: list[float], res: dict, pairs: int) -> None:
-    import torch
-
     res["step_s"] = [round(t, 3) for t in times]
     steady = times[1:] or times
     res["mean_step_s_after_first"] = sum(steady) / len(steady)
     res["pairs_per_s"] = pairs / res["mean_step_s_after_first"]
-    res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    res["peak_gib"] = peak_gib()
 
 
 def dpo_loris(args, res):
     import torch
 
     from loris import DPOConfig, DPOTrainer, FastLanguageModel
-    from loris.trainers import TrainerCallback
 
     qlora = SETTINGS[args.setting]["qlora"]
     model, tok = FastLanguageModel.from_pretrained(
@@ -84,26 +69,12 @@ def dpo_loris(args, res):
         model, r=16, lora_alpha=16, target_modules=TARGETS, use_gradient_checkpointing=mode
     )
     times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_train_begin(self, state):
-            _sync()
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            self.t = time.perf_counter()
-
-        def on_step_end(self, state, logs):
-            _sync()
-            now = time.perf_counter()
-            times.append(now - self.t)
-            self.t = now
-
     cfg = DPOConfig(output_dir=args.workdir + "/loris", per_device_train_batch_size=args.pairs,
                     max_steps=args.steps, learning_rate=5e-6, beta=0.1, loss_type="sigmoid",
                     max_length=args.seq, logging_steps=1, save_strategy="no", optim="adamw_torch",
                     bf16=torch.cuda.is_available(), seed=42, disable_tqdm=True)  # fmt: skip
     trainer = DPOTrainer(model, args=cfg, train_dataset=rows(args.pairs * args.steps, args.seq),
-                         processing_class=tok, callbacks=[Timer()])  # fmt: skip
+                         processing_class=tok, callbacks=[loris_step_timer(times, reset_peak=True)])  # fmt: skip
     trainer.train()
     _summary(times, res, args.pairs)
     res["log_tail"] = trainer.state.log_history[-1]
@@ -116,7 +87,6 @@ def dpo_peer(args, res):
         PatchDPOTrainer()
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     qlora = SETTINGS[args.setting]["qlora"]
@@ -152,25 +122,12 @@ def dpo_peer(args, res):
         kw["peft_config"] = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
                                        task_type="CAUSAL_LM")  # fmt: skip
     times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_train_begin(self, a, state, control, **k):
-            torch.cuda.reset_peak_memory_stats()
-
-        def on_step_begin(self, a, state, control, **k):
-            _sync()
-            self.t = time.perf_counter()
-
-        def on_step_end(self, a, state, control, **k):
-            _sync()
-            times.append(time.perf_counter() - self.t)
-
     cfg = DPOConfig(output_dir=args.workdir + "/" + args.system, per_device_train_batch_size=args.pairs,
                     max_steps=args.steps, learning_rate=5e-6, beta=0.1, loss_type="sigmoid",
                     max_length=args.seq, logging_steps=1, save_strategy="no", optim="adamw_torch",
                     bf16=True, gradient_checkpointing=args.system != "unsloth", report_to="none",
                     seed=42)  # fmt: skip
-    trainer = DPOTrainer(model=model, args=cfg, processing_class=tok, callbacks=[Timer()],
+    trainer = DPOTrainer(model=model, args=cfg, processing_class=tok, callbacks=[hf_step_timer(times, reset_peak=True)],
                          train_dataset=Dataset.from_list(rows(args.pairs * args.steps, args.seq)), **kw)  # fmt: skip
     trainer.train()
     _summary(times, res, args.pairs)
@@ -178,84 +135,22 @@ def dpo_peer(args, res):
 
 def child(args) -> int:
     res = {"setting": args.setting, "system": args.system, "pairs": args.pairs, "seq": args.seq}
-    t0 = time.time()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            res["gpu"] = torch.cuda.get_device_name()
-        elif not args.allow_cpu:
-            raise RuntimeError("no CUDA device: this benchmark measures GPU step time and memory")
-        (dpo_loris if args.system == "loris" else dpo_peer)(args, res)
-        res["ok"] = True
-    except BaseException as e:  # noqa: BLE001 - recorded, then the exit code says it failed
-        res.update(
-            ok=False, error=f"{type(e).__name__}: {e}"[:2000], traceback=traceback.format_exc()[-4000:]
-        )
-        traceback.print_exc()
-    res["wall_s"] = round(time.time() - t0, 1)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1, default=str))
-    print(json.dumps({k: v for k, v in res.items() if k != "traceback"}, default=str)[:3000], flush=True)
-    return 0 if res["ok"] else 1
-
-
-def _checkpoint(work: Path, shape: str) -> Path:
-    ckpt = work / f"ckpt_{shape}"
-    if not (ckpt / "config.json").exists():
-        maker = SHARED / "anchor_bench.py"
-        if not maker.is_file():
-            raise SystemExit(
-                f"{maker} not found: set LORIS_BENCH_SHARED to the folder holding anchor_bench.py"
-            )
-        p = subprocess.run([sys.executable, str(maker), "make-ckpt", "--shape", shape, "--out", str(ckpt)])
-        if p.returncode != 0:
-            raise SystemExit(f"building the {shape}-shaped checkpoint failed (exit {p.returncode})")
-    return ckpt
+    run = dpo_loris if args.system == "loris" else dpo_peer
+    return run_child(res, lambda: run(args, res), args.out, allow_cpu=args.allow_cpu)
 
 
 def suite(args) -> int:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": {}}
-    me = str(Path(__file__).resolve())
-    failed = []
+    runs = Suite(str(Path(__file__).resolve()), args.out, args.workdir, args.timeout)
     for setting in args.settings:
-        ckpt = _checkpoint(work, SETTINGS[setting]["shape"])
+        ckpt = checkpoint(runs.work, SETTINGS[setting]["shape"])
         for system in args.systems:
-            name = f"{system}_{setting}"
-            jpath = work / f"{name}.json"
-            jpath.unlink(missing_ok=True)
-            print(f"=== {name}", flush=True)
-            t = time.time()
-            cmd = [sys.executable, me, "dpo", "--system", system, "--setting", setting, "--ckpt", str(ckpt),
-                   "--steps", str(args.steps), "--workdir", str(work), "--out", str(jpath)]  # fmt: skip
-            try:
-                rc = subprocess.run(cmd, timeout=args.timeout).returncode
-            except subprocess.TimeoutExpired:
-                rc = "timeout"
-            rec = (
-                json.loads(jpath.read_text())
-                if jpath.is_file()
-                else {"ok": False, "error": f"no result (rc {rc})"}
-            )
-            rec["rc"], rec["suite_wall_s"] = rc, round(time.time() - t, 1)
-            results["runs"][name] = rec
-            if not rec.get("ok"):
-                failed.append(f"{name}: {rec.get('error', rc)}")
-            out.write_text(json.dumps(results, indent=1, default=str))
-        base = results["runs"].get(f"trl_{setting}", {})
-        mine = results["runs"].get(f"loris_{setting}", {})
+            runs.run(f"{system}_{setting}", ["dpo", "--system", system, "--setting", setting, "--ckpt", str(ckpt),
+                                             "--steps", str(args.steps), "--workdir", str(runs.work)])  # fmt: skip
+        base = runs.results["runs"].get(f"trl_{setting}", {})
+        mine = runs.results["runs"].get(f"loris_{setting}", {})
         if base.get("ok") and mine.get("ok"):
-            results[f"loris_vs_trl_{setting}"] = mine["pairs_per_s"] / base["pairs_per_s"]
-    out.write_text(json.dumps(results, indent=1, default=str))
-    print(f"results: {out}")
-    if failed:
-        print("FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
-        return 1
-    return 0
+            runs.results[f"loris_vs_trl_{setting}"] = mine["pairs_per_s"] / base["pairs_per_s"]
+    return runs.finish()
 
 
 def main(argv=None) -> int:

@@ -19,17 +19,24 @@ the end (after running the rest), naming what failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("LORIS_BENCH_SHARED", HERE.parent.parent / "shared" / "bench"))
+from _suite import (
+    TARGETS,
+    Suite,
+    checkpoint,
+    hf_step_timer,
+    loris_step_timer,
+    peak_gib,
+    run_child,
+    sync,
+    timed,
+)
+
 WORDS = "alpha beta gamma delta river stone cloud seven blue green count write story about number".split()
 
 
@@ -42,19 +49,6 @@ def reward_len(completions, **_):
     return [-abs(len(c if isinstance(c, str) else c[-1]["content"]) - 200) / 100.0 for c in completions]
 
 
-def _sync():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _peak_gib() -> float:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-
-
 def _summary(step_times, gen_times, res):
     res["step_s"] = [round(t, 3) for t in step_times]
     res["gen_s"] = [round(t, 3) for t in gen_times]
@@ -64,7 +58,7 @@ def _summary(step_times, gen_times, res):
         res["gen_tokens_per_s_after_first"] = (
             8 * res["completion_len"] * len(gen_times[1:]) / sum(gen_times[1:])
         )
-    res["peak_gib"] = _peak_gib()
+    res["peak_gib"] = peak_gib()
 
 
 # ------------------------------------------------------------------------------------------- loris
@@ -72,7 +66,6 @@ def grpo_loris(args, res):
     import torch
 
     from loris import FastLanguageModel, GRPOConfig, GRPOTrainer
-    from loris.trainers import TrainerCallback
 
     model, tok = FastLanguageModel.from_pretrained(args.ckpt, load_in_4bit=False, dtype=torch.bfloat16)
     # Offloaded checkpointing, as the Unsloth run uses ("unsloth").
@@ -92,33 +85,11 @@ def grpo_loris(args, res):
         generation_decode=args.decode,
     )
     times, gens = [], []
-
-    class Timer(TrainerCallback):
-        def on_train_begin(self, state):
-            _sync()
-            self.t = time.perf_counter()
-
-        def on_step_end(self, state, logs):
-            _sync()
-            now = time.perf_counter()
-            times.append(now - self.t)
-            self.t = now
-
     trainer = GRPOTrainer(
         model, reward_len, cfg, train_dataset=[{"prompt": p} for p in prompts()], processing_class=tok
     )
-    trainer.add_callback(Timer())
-    real = trainer._generate_and_score
-
-    def timed(rows):
-        _sync()
-        t = time.perf_counter()
-        out = real(rows)
-        _sync()
-        gens.append(time.perf_counter() - t)
-        return out
-
-    trainer._generate_and_score = timed
+    trainer.add_callback(loris_step_timer(times))
+    trainer._generate_and_score = timed(trainer._generate_and_score, gens)
     trainer.train()
     _summary(times, gens, res)
     _phases(trainer.state.log_history, res)
@@ -148,7 +119,6 @@ def grpo_peer(args, res):
         from unsloth import FastLanguageModel  # first: it patches transformers / peft / TRL
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     if args.system == "unsloth":
@@ -161,7 +131,7 @@ def grpo_peer(args, res):
             lora_alpha=16,
             lora_dropout=0,
             use_gradient_checkpointing="unsloth",
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            target_modules=TARGETS,
         )
         peft_config = None
     else:
@@ -177,7 +147,7 @@ def grpo_peer(args, res):
             r=16,
             lora_alpha=16,
             lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            target_modules=TARGETS,
             task_type="CAUSAL_LM",
         )
     cfg = GRPOConfig(
@@ -198,16 +168,6 @@ def grpo_peer(args, res):
         save_strategy="no",
     )
     times, gens = [], []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            _sync()
-            self.t = time.perf_counter()
-
-        def on_step_end(self, a, state, control, **kw):
-            _sync()
-            times.append(time.perf_counter() - self.t)
-
     kw = {"peft_config": peft_config} if peft_config is not None else {}
     trainer = GRPOTrainer(
         model=model,
@@ -215,20 +175,10 @@ def grpo_peer(args, res):
         args=cfg,
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts()]),
         processing_class=tok,
-        callbacks=[Timer()],
+        callbacks=[hf_step_timer(times)],
         **kw,
     )
-    real = trainer._generate_single_turn
-
-    def timed(*a, **k):
-        _sync()
-        t = time.perf_counter()
-        out = real(*a, **k)
-        _sync()
-        gens.append(time.perf_counter() - t)
-        return out
-
-    trainer._generate_single_turn = timed
+    trainer._generate_single_turn = timed(trainer._generate_single_turn, gens)
     trainer.train()
     _summary(times, gens, res)
 
@@ -274,23 +224,23 @@ def gen(args, res):
                 do_sample=False,
             )
 
-    _sync()
+    sync()
     t = time.perf_counter()
     run(args.new)  # warm-up (and CUDA-graph capture)
-    _sync()
+    sync()
     res["first_call_s"] = time.perf_counter() - t
     ttft, full = [], []
     for _ in range(3):
-        _sync()
+        sync()
         t = time.perf_counter()
         run(1)
-        _sync()
+        sync()
         ttft.append(time.perf_counter() - t)
     for _ in range(2):
-        _sync()
+        sync()
         t = time.perf_counter()
         run(args.new)
-        _sync()
+        sync()
         full.append(time.perf_counter() - t)
     full_s, ttft_s = sorted(full)[len(full) // 2], sorted(ttft)[1]
     res.update(
@@ -299,52 +249,20 @@ def gen(args, res):
         decode_tokens_per_s=args.batch * (args.new - 1) / max(full_s - ttft_s, 1e-9),
         ms_per_decode_step=1000 * (full_s - ttft_s) / (args.new - 1),
         ttft_ms=1000 * ttft_s,
-        peak_gib=_peak_gib(),
+        peak_gib=peak_gib(),
     )
 
 
 # ------------------------------------------------------------------------------------------ driver
 def child(args, fn) -> int:
     res = {"kind": args.cmd, "system": args.system, "completion_len": getattr(args, "completion_len", None)}
-    t0 = time.time()
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("no CUDA device: this benchmark measures GPU step time and memory")
-        res["gpu"] = torch.cuda.get_device_name()
-        fn(args, res)
-        res["ok"] = True
-    except BaseException as e:  # noqa: BLE001 - recorded, then the exit code says it failed
-        res.update(
-            ok=False, error=f"{type(e).__name__}: {e}"[:2000], traceback=traceback.format_exc()[-4000:]
-        )
-        traceback.print_exc()
-    res["wall_s"] = round(time.time() - t0, 1)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1, default=str))
-    print(json.dumps({k: v for k, v in res.items() if k != "traceback"}, default=str)[:3000], flush=True)
-    return 0 if res["ok"] else 1
+    return run_child(res, lambda: fn(args, res), args.out)
 
 
 def suite(args) -> int:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / "ckpt_1b"
-    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": {}}
-    if not (ckpt / "config.json").exists():
-        maker = SHARED / "anchor_bench.py"
-        if not maker.is_file():
-            raise SystemExit(
-                f"{maker} not found: set LORIS_BENCH_SHARED to the folder holding anchor_bench.py"
-            )
-        p = subprocess.run([sys.executable, str(maker), "make-ckpt", "--shape", "1b", "--out", str(ckpt)])
-        if p.returncode != 0:
-            raise SystemExit(f"building the 1B-shaped checkpoint failed (exit {p.returncode})")
-    me = str(Path(__file__).resolve())
-    common = ["--ckpt", str(ckpt), "--workdir", str(work)]
+    runs = Suite(str(Path(__file__).resolve()), args.out, args.workdir, args.timeout)
+    ckpt = checkpoint(runs.work, "1b")
+    common = ["--ckpt", str(ckpt), "--workdir", str(runs.work)]
     plan = {
         "loris_grpo": ["grpo", "--system", "loris", "--steps", str(args.steps), "--decode", "auto"],
         "loris_grpo_eager": ["grpo", "--system", "loris", "--steps", "3", "--decode", "eager"],
@@ -357,34 +275,10 @@ def suite(args) -> int:
         "unsloth_grpo": ["grpo", "--system", "unsloth", "--steps", str(args.steps)],
     }
     only = set(args.only or plan)
-    failed = []
     for name, cmd in plan.items():
-        if name not in only:
-            continue
-        jpath = work / f"{name}.json"
-        jpath.unlink(missing_ok=True)
-        print(f"=== {name}", flush=True)
-        t = time.time()
-        try:
-            p = subprocess.run([sys.executable, me, *cmd, *common, "--out", str(jpath)], timeout=args.timeout)
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-        rec = (
-            json.loads(jpath.read_text())
-            if jpath.is_file()
-            else {"ok": False, "error": f"no result (rc {rc})"}
-        )
-        rec["rc"], rec["suite_wall_s"] = rc, round(time.time() - t, 1)
-        results["runs"][name] = rec
-        if not rec.get("ok"):
-            failed.append(f"{name}: {rec.get('error', rc)}")
-        out.write_text(json.dumps(results, indent=1, default=str))
-    print(f"results: {out}")
-    if failed:
-        print("FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
-        return 1
-    return 0
+        if name in only:
+            runs.run(name, [*cmd, *common])
+    return runs.finish()
 
 
 def main(argv=None) -> int:
