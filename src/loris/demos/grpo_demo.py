@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
+from loris.demos import sums
+from loris.demos.common import load_with_lora, settings_from_args
+from loris.demos.sums import MAX_REWARD, Score, correct_reward, format_reward, score
+
 SYSTEM = "Answer with the result inside <answer></answer> tags and nothing else."
 EXAMPLE = ("What is 2 + 3?", "<answer>5</answer>")
-MAX_REWARD = 3.0
 
 
 def question(a: int, b: int) -> list[dict[str, str]]:
@@ -46,11 +47,8 @@ def split_sums(seed: int, held_out: int = 24, low: int = 1, high: int = 9):
 
     The held-out sums are never trained on; the worked example's sum is never held out.
     """
-    pairs = [(a, b) for a in range(low, high + 1) for b in range(low, high + 1)]
-    random.Random(seed).shuffle(pairs)
     shown = tuple(int(x) for x in EXAMPLE[0][8:-1].split(" + "))
-    pairs.remove(shown)
-    return [shown, *pairs[held_out:]], pairs[:held_out]
+    return sums.split_sums(seed, held_out, low, high, shown=shown)
 
 
 def make_rows(pairs: list[tuple[int, int]], n: int | None = None, seed: int = 0) -> list[dict]:
@@ -60,32 +58,6 @@ def make_rows(pairs: list[tuple[int, int]], n: int | None = None, seed: int = 0)
         rng = random.Random(seed)
         pairs = [rng.choice(pairs) for _ in range(n)]
     return [{"prompt": question(a, b), "answer": str(a + b)} for a, b in pairs]
-
-
-def _text(completion) -> str:
-    return completion[0]["content"] if isinstance(completion, list) else completion
-
-
-def format_reward(prompts, completions, **_) -> list[float]:
-    """0.5 for both tags, +0.5 when the (first) tag holds only an integer."""
-    out = []
-    for c in completions:
-        t = _text(c)
-        r = 0.5 if ("<answer>" in t and "</answer>" in t) else 0.0
-        m = TAG.search(t)
-        if m and re.fullmatch(r"-?\d+", m.group(1)):
-            r += 0.5
-        out.append(r)
-    return out
-
-
-def correct_reward(prompts, completions, answer, **_) -> list[float]:
-    """2.0 when the (first) tag holds exactly the expected answer."""
-    out = []
-    for c, want in zip(completions, answer, strict=True):
-        m = TAG.search(_text(c))
-        out.append(2.0 if m and m.group(1) == want else 0.0)
-    return out
 
 
 @dataclass
@@ -123,28 +95,6 @@ class GRPODemoSettings:
         return cls(model, output_dir, max_steps=6, learning_rate=5e-4, eval_questions=8, eval_samples=4)
 
 
-@dataclass
-class Score:
-    """Held-out reward: mean total, and the share of completions formatted / correct."""
-
-    reward: float
-    formatted: float
-    correct: float
-    texts: list[str]
-
-
-def _score(texts: list[str], answers: list[str]) -> Score:
-    fmt = format_reward(None, texts)
-    cor = correct_reward(None, texts, answers)
-    n = len(texts)
-    return Score(
-        reward=sum(f + c for f, c in zip(fmt, cor, strict=True)) / n,
-        formatted=sum(f == 1.0 for f in fmt) / n,
-        correct=sum(c > 0 for c in cor) / n,
-        texts=texts,
-    )
-
-
 def evaluate(model, tok, rows, s: GRPODemoSettings, seed: int = 0) -> tuple[Score, Score]:
     """(greedy, sampled) held-out scores; sampling uses the training temperature and a fixed seed."""
     from loris.generation.params import SamplingParams
@@ -159,9 +109,9 @@ def evaluate(model, tok, rows, s: GRPODemoSettings, seed: int = 0) -> tuple[Scor
         SamplingParams(temperature=s.temperature, max_tokens=s.eval_tokens, n=s.eval_samples, seed=seed),
         lora_request="live",
     )
-    g = _score([o.outputs[0].text for o in greedy], answers)
+    g = score([o.outputs[0].text for o in greedy], answers)
     texts = [c.text for o in sampled for c in o.outputs]
-    return g, _score(texts, [a for a in answers for _ in range(s.eval_samples)])
+    return g, score(texts, [a for a in answers for _ in range(s.eval_samples)])
 
 
 def _line(name: str, g: Score, sm: Score) -> str:
@@ -172,22 +122,14 @@ def _line(name: str, g: Score, sm: Score) -> str:
 
 
 def run(s: GRPODemoSettings) -> dict:
-    from loris import FastLanguageModel, GRPOConfig, GRPOTrainer
+    from loris import GRPOConfig, GRPOTrainer
 
     t_start = time.perf_counter()
     out = Path(s.output_dir)
-    print(f"loading {Path(s.model).name} ...", flush=True)
-    model, tok = FastLanguageModel.from_pretrained(s.model, load_in_4bit=False, max_seq_length=256)
+    model, tok = load_with_lora(s.model, s.lora_r, s.seed)
     train_pairs, held_out = split_sums(s.seed, s.eval_questions, s.low, s.high)
     train_rows = make_rows(train_pairs, max(64, s.max_steps * s.prompts_per_step), s.seed)
     eval_rows = make_rows(held_out)
-    model = FastLanguageModel.get_peft_model(
-        model,
-        r=s.lora_r,
-        lora_alpha=s.lora_r,
-        use_gradient_checkpointing=model.device.type == "cuda",
-        random_state=s.seed,
-    )
     n_eval = f"{len(eval_rows)} held-out sums, max {MAX_REWARD}"
     before = evaluate(model, tok, eval_rows, s)
     print(_line(f"reward before training ({n_eval})", *before), flush=True)
@@ -249,15 +191,5 @@ def run(s: GRPODemoSettings) -> dict:
 
 def run_grpo_demo(args: argparse.Namespace) -> int:
     """Entry point for `loris demo grpo` (arguments from loris.cli: model, output_dir, max_steps, quick)."""
-    from loris.demos.assets import smollm2_gguf_path
-
-    model = args.model or str(smollm2_gguf_path())
-    output_dir = args.output_dir or "loris-demo-grpo"
-    if args.quick:
-        settings = GRPODemoSettings.quick(model, output_dir)
-    else:
-        settings = GRPODemoSettings(model, output_dir)
-    if args.max_steps:
-        settings.max_steps = args.max_steps
-    run(settings)
+    run(settings_from_args(GRPODemoSettings, args, "loris-demo-grpo"))
     return 0
