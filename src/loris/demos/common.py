@@ -1,6 +1,6 @@
 """What `loris demo` (SFT), `loris demo grpo` and `loris demo dpo` share in how they start: their
-settings from the command line's arguments, loading the model with a LoRA adapter, and (the DPO
-demo) how many CPU threads to use."""
+settings from the command line's arguments, loading the model with a LoRA adapter, and how many
+CPU threads to use."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from loris.demos import sums
-from loris.demos.common import load_with_lora, settings_from_args
+from loris.demos.common import cpu_threads, load_with_lora, settings_from_args
 from loris.demos.sums import MAX_REWARD, Score, correct_reward, format_reward, score
 
 SYSTEM = "Answer with the result inside <answer></answer> tags and nothing else."
@@ -122,6 +122,12 @@ def _line(name: str, g: Score, sm: Score) -> str:
 
 
 def run(s: GRPODemoSettings) -> dict:
+    """The demo, on the CPU cores other processes leave free (`loris.demos.common.cpu_threads`)."""
+    with cpu_threads("cuda" if torch.cuda.is_available() else "cpu"):
+        return _run(s)
+
+
+def _run(s: GRPODemoSettings) -> dict:
     from loris import GRPOConfig, GRPOTrainer
 
     t_start = time.perf_counter()

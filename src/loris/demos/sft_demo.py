@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from loris.demos.common import cpu_threads
 from loris.demos.dates import is_correct, make_split
 
 
@@ -77,6 +78,12 @@ def score(model, tok, rows: list[dict]) -> tuple[float, list[str]]:
 
 
 def run(settings: DemoSettings) -> dict:
+    """The demo, on the CPU cores other processes leave free (`loris.demos.common.cpu_threads`)."""
+    with cpu_threads("cuda" if torch.cuda.is_available() else "cpu"):
+        return _run(settings)
+
+
+def _run(settings: DemoSettings) -> dict:
     from loris import FastLanguageModel, SFTConfig, SFTTrainer
 
     t_start = time.perf_counter()
