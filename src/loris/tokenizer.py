@@ -77,8 +77,8 @@ def _gguf_tokenizer(gguf_file: Path):
 
     cache = _gguf_cache_dir(gguf_file)
     if (cache / "tokenizer_config.json").exists():
-        return AutoTokenizer.from_pretrained(str(cache))
-    tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        return _without_bpe_cleanup(AutoTokenizer.from_pretrained(str(cache)))
+    tok = _without_bpe_cleanup(AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name))
     _special_tokens_from_gguf(tok, gguf_file)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +90,16 @@ def _gguf_tokenizer(gguf_file: Path):
     except OSError as e:  # a read-only home is no reason to fail
         logger.debug("could not cache the GGUF tokenizer: %s", e)
     return tok
+
+
+def _without_bpe_cleanup(tokenizer):
+    """transformers' GGUF conversion sets ``clean_up_tokenization_spaces=True``, which transformers then
+    ignores for a BPE vocabulary, warning at the first decode; False decodes the same, silently (and is
+    what tokenizers saved from it, e.g. beside an adapter, then say)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if tokenizer.clean_up_tokenization_spaces and type(getattr(backend, "model", None)).__name__ == "BPE":
+        tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
 
 
 def _special_tokens_from_gguf(tokenizer, gguf_file: Path) -> None:

@@ -59,3 +59,29 @@ def test_smollm2_answers_sensibly(smol):
     answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
     assert out[0, -1].item() in (tok.eos_token_id, tok.pad_token_id)  # stopped on <|im_end|>
+
+
+def test_smollm2_decodes_without_the_bpe_cleanup_warning(smol):
+    """The GGUF's tokenizer decodes as transformers' does, without transformers' "Ignoring
+    clean_up_tokenization_spaces=True for BPE tokenizer" warning (a fresh user saw it at every run)."""
+    import logging
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    _, tok = smol
+    path = smollm2_gguf()
+    ref = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    text = "Hello , world ! It 's 3 o'clock ; fine ."
+    ids = ref(text).input_ids
+    hf_logging.warning_once.cache_clear()
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        got = tok.decode(ids)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert got == ref.decode(ids)
+    assert not [m for m in seen if "clean_up_tokenization_spaces" in m], seen
