@@ -46,20 +46,36 @@ def two_threads(monkeypatch):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("load", "want"), [(0.2, None), (0.9, 1), (1.6, 1), (7.5, 1)])
-def test_free_cpu_threads_leaves_the_busy_cores_out(monkeypatch, two_threads, load, want):
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    assert common.free_cpu_threads() == want
+@pytest.mark.parametrize(("busy", "want"), [(0.1, None), (0.45, 1), (0.8, 1), (1.0, 1)])
+def test_free_cpu_threads_leaves_the_busy_cores_out(two_threads, busy, want):
+    assert common.free_cpu_threads(busy) == want
+
+
+def test_busy_share_reads_the_present_not_the_load_average(monkeypatch):
+    """/proc/stat's ticks over the window: 3 of 4 idle → 25% busy, whatever the trailing load average."""
+    samples = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  125 0 125 950 0 0 0 0 0 0\n"])
+    monkeypatch.setattr("builtins.open", lambda *a, **k: __import__("io").StringIO(next(samples)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert common.busy_share(window_s=0.0) == pytest.approx(0.25)
+
+
+def test_busy_share_falls_back_to_the_load_average(monkeypatch):
+    def no_proc(*a, **k):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert common.busy_share(window_s=0.0) == pytest.approx(0.5)
 
 
 def test_omp_num_threads_wins(monkeypatch, two_threads):
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert common.free_cpu_threads() is None
+    assert common.free_cpu_threads(1.0) is None
 
 
 def test_cpu_threads_sets_then_restores(monkeypatch, two_threads, capsys):
-    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    monkeypatch.setattr(common, "busy_share", lambda: 0.9)
     with common.cpu_threads("cpu"):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
