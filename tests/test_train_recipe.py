@@ -288,3 +288,33 @@ def test_cli_kto_recipe_and_missing_columns(saved_family, tmp_path, monkeypatch,
     cfg = _write(tmp_path, {**raw, "method": "orpo"}, rows, name="pairs.jsonl")  # KTO rows, paired method
     with pytest.raises(SystemExit, match=r"data: method orpo needs the column\(s\) \['chosen', 'rejected'\]"):
         main(["train", str(cfg)])
+
+
+def test_nproc_refused_for_methods_not_checked_across_ranks(tmp_path, monkeypatch):
+    """sft, dpo and kto are tested across 2 ranks (tests/distributed); the others refuse --nproc, both
+    in the CLI (before torchrun starts) and inside a launched run, naming the methods that work."""
+    import loris.cli as cli
+    from loris.distributed import env
+    from loris.train_recipe import ranks_refusal, run_recipe
+
+    assert [m for m in ("sft", "dpo", "kto", "orpo", "cpo", "simpo") if ranks_refusal(m) is None] == [
+        "sft",
+        "dpo",
+        "kto",
+    ]
+    launched = []
+    monkeypatch.setattr(cli, "_launch_torchrun", lambda args: launched.append(args) or 0)
+    monkeypatch.setattr(env, "launched", lambda: False)
+    for method in ("dpo", "kto"):
+        cfg = tmp_path / f"{method}.yaml"
+        cfg.write_text(yaml.safe_dump({**PREF, "method": method}))
+        assert cli.main(["train", str(cfg), "--nproc", "2"]) == 0
+    assert len(launched) == 2
+    cfg = tmp_path / "orpo.yaml"
+    cfg.write_text(yaml.safe_dump({**PREF, "method": "orpo"}))
+    with pytest.raises(SystemExit, match=r"method orpo trains in one process .*sft, dpo, kto"):
+        cli.main(["train", str(cfg), "--nproc", "2"])
+    assert len(launched) == 2
+    monkeypatch.setattr(env, "world_size", lambda: 2)
+    with pytest.raises(RecipeError, match=r"method: simpo trains in one process .*sft, dpo, kto"):
+        run_recipe(recipe_from_dict({**PREF, "method": "simpo"}))

@@ -201,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """`loris train config.yaml`: SFT or preference training as the YAML recipe says (loris.train_recipe)."""
     import dataclasses
 
-    from loris.train_recipe import RecipeError, load_recipe, run_recipe
+    from loris.train_recipe import RecipeError, load_recipe, ranks_refusal, run_recipe
 
     try:
         recipe = load_recipe(args.config)
@@ -224,10 +224,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from loris.distributed import env
 
     if args.nproc is not None and not env.launched():
-        if recipe.method != "sft":
-            raise SystemExit(
-                f"loris train: method {recipe.method} trains in one process for now: drop --nproc."
-            )
+        refusal = ranks_refusal(recipe.method)
+        if refusal is not None:
+            raise SystemExit(f"loris train: method {refusal}")
         return _launch_torchrun(args)
     try:
         result = run_recipe(recipe)

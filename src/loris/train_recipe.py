@@ -39,6 +39,17 @@ METHODS = {
     "simpo": ("loris.trainers.cpo", "CPOConfig", "CPOTrainer"),
     "kto": ("loris.trainers.kto", "KTOConfig", "KTOTrainer"),
 }
+# methods checked to train across ranks as one process does (tests/distributed); the others refuse --nproc
+RANK_METHODS = ("sft", "dpo", "kto")
+
+
+def ranks_refusal(method: str) -> str | None:
+    """Why ``method`` may not run across processes (None when it may): names the methods that can."""
+    if method in RANK_METHODS:
+        return None
+    return f"{method} trains in one process for now (across GPUs: {', '.join(RANK_METHODS)}): drop --nproc."
+
+
 # data keys that shape SFT text; the preference trainers read their columns themselves
 SFT_ONLY_DATA = (
     "formatting",
@@ -487,11 +498,8 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     from loris import FastLanguageModel
     from loris.distributed import env
 
-    _check(
-        recipe.method == "sft" or env.world_size() == 1,
-        "method",
-        f"{recipe.method} trains in one process for now (only sft runs across GPUs): drop --nproc.",
-    )
+    refusal = ranks_refusal(recipe.method)
+    _check(refusal is None or env.world_size() == 1, "method", refusal or "")
 
     # 1. the model and its tokenizer
     m = recipe.model

@@ -64,7 +64,7 @@ def one_step(ours, theirs, rows_idx=range(B)):
     model.zero_grad()
     loss = ours.compute_loss(model, batch, len(rows_idx))
     loss.backward()
-    mine = {k: v[-1] for k, v in ours._metrics.items()}
+    mine = ours.latest_metrics()
 
     tbatch = theirs.data_collator([theirs.train_dataset[i] for i in rows_idx])
     theirs.model.zero_grad()

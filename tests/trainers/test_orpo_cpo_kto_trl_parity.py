@@ -62,7 +62,7 @@ def pair_check(ours, theirs, names=PAIR_METRICS):
     ours.model.zero_grad()
     loss = ours.compute_loss(ours.model, batch, B)
     loss.backward()
-    mine = {k: v[-1] for k, v in ours._metrics.items()}
+    mine = ours.latest_metrics()
     theirs.model.zero_grad()
     tloss, their_metrics = theirs.get_batch_loss_metrics(theirs.model, trl_pair_batch(batch))
     tloss.backward()
@@ -151,7 +151,7 @@ def test_kto_matches_trl(saved_family, tmp_path, loss_type, padding_free):
         model.zero_grad()
         loss = ours.compute_loss(model, batch, B)
         loss.backward()
-        mine = {k: v[-1] for k, v in ours._metrics.items()}
+        mine = ours.latest_metrics()
         tbatch = theirs.data_collator([theirs.train_dataset[i] for i in idx])
         theirs.model.zero_grad()
         tloss = theirs.compute_loss(theirs.model, tbatch)

@@ -55,7 +55,7 @@ def step(trainer, model, idx):
     loss.backward()
     counter.handle.remove()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    return batch, loss.detach(), {k: v[-1] for k, v in trainer._metrics.items()}, grads, counter.shapes
+    return batch, loss.detach(), trainer.latest_metrics(), grads, counter.shapes
 
 
 @pytest.mark.parametrize("name", list(CASES))

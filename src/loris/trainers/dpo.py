@@ -114,14 +114,14 @@ class DPOTrainer(PreferenceTrainer):
         with torch.no_grad():
             chosen_r = args.beta * (policy.chosen - ref_c)
             rejected_r = args.beta * (policy.rejected - ref_r)
-            self.record(
+            self.record(  # sums over this micro-batch's pairs, with their count: see record()
                 **{
-                    "rewards/chosen": chosen_r.mean(),
-                    "rewards/rejected": rejected_r.mean(),
-                    "rewards/accuracies": (chosen_r > rejected_r).float().mean(),
-                    "rewards/margins": (chosen_r - rejected_r).mean(),
-                    "logps/chosen": policy.chosen.mean(),
-                    "logps/rejected": policy.rejected.mean(),
+                    "rewards/chosen": (chosen_r.sum(), half),
+                    "rewards/rejected": (rejected_r.sum(), half),
+                    "rewards/accuracies": ((chosen_r > rejected_r).sum(), half),
+                    "rewards/margins": ((chosen_r - rejected_r).sum(), half),
+                    "logps/chosen": (policy.chosen.sum(), half),
+                    "logps/rejected": (policy.rejected.sum(), half),
                 }
             )
         return loss / num_items_in_batch

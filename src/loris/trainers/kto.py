@@ -51,6 +51,21 @@ class KTOTrainer(PreferenceTrainer):
     def _with_kl(self, args: Any) -> bool:
         return args.loss_type == "kto"
 
+    def derived_metrics(self, values: dict[str, float]) -> dict[str, float]:
+        """``rewards/margins``: a micro-batch's mean chosen minus mean rejected reward, when it has both."""
+        if "rewards/chosen" in values and "rewards/rejected" in values:
+            return {"rewards/margins": values["rewards/chosen"] - values["rewards/rejected"]}
+        return {}
+
+    def _global_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of ``values`` over every rank's rows of this micro-batch (one process: the mean),
+        as TRL gathers the KL estimate over processes: the KL term is one number per global batch."""
+        if self._ranks.world == 1:
+            return values.mean()
+        both = torch.stack([values.sum().double(), values.new_tensor(values.numel(), dtype=torch.float64)])
+        total, count = self._ranks.total(both)
+        return (total / count).to(values.dtype)
+
     def _precompute_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {"ref_logps": self.reference_logps(batch["input_ids"], batch["attention_mask"],
                                                   batch["completion_mask"])}  # fmt: skip
@@ -80,7 +95,7 @@ class KTOTrainer(PreferenceTrainer):
                 kl_logps = self.token_logps(
                     model, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"]
                 ).sum(-1)
-                kl = (kl_logps - ref_kl).mean().clamp(min=0)
+                kl = self._global_mean(kl_logps - ref_kl).clamp(min=0)
         logps = self.token_logps(model, ids, mask, comp).sum(-1)
         losses, chosen_r, rejected_r = kto_losses(
             logps,
@@ -93,15 +108,14 @@ class KTOTrainer(PreferenceTrainer):
             undesirable_weight=args.undesirable_weight,
         )
         with torch.no_grad():
-            metrics = {"kl": kl}
             n_good, n_bad = int(labels.sum()), int((~labels).sum())
-            if n_good:
-                metrics["rewards/chosen"] = chosen_r.sum() / n_good
-                metrics["logps/chosen"] = logps[labels].sum() / n_good
-            if n_bad:
-                metrics["rewards/rejected"] = rejected_r.sum() / n_bad
-                metrics["logps/rejected"] = logps[~labels].sum() / n_bad
-            if n_good and n_bad:
-                metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
-            self.record(**metrics)
+            self.record(  # sums with their counts (0 when absent): see record(); margins: derived_metrics
+                **{
+                    "kl": kl,
+                    "rewards/chosen": (chosen_r.sum(), n_good),
+                    "logps/chosen": (logps[labels].sum(), n_good),
+                    "rewards/rejected": (rejected_r.sum(), n_bad),
+                    "logps/rejected": (logps[~labels].sum(), n_bad),
+                }
+            )
         return losses.sum() / num_items_in_batch

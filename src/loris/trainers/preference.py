@@ -10,6 +10,13 @@ micro-batch's loss is its per-example sum (or, for losses TRL averages per micro
 times the micro-batch's share of the step's examples) divided by the step's total. That is TRL's
 mean-per-micro-batch / gradient_accumulation_steps whenever micro-batches are equal in size, and it
 keeps batch 1 × accumulation 8 equal to batch 8 × accumulation 1 when the last one is short.
+
+Many ranks (torchrun, DDP): each rank gets its contiguous slice of every global micro-batch's pairs
+(KTO: rows, each with its fixed KL completion), the step's example count is summed over ranks
+(`Ranks.loss_normaliser`, as SFT's token count), so the gradient is that of the mean over the global
+step's examples; metrics are recorded as (sum, count) and summed over ranks per micro-batch before
+they are logged, and KTO's KL estimate is the mean over the global micro-batch. The reference pass
+(live, or precomputed in full on every rank before training) runs on each rank's own rows.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from loris.data.preference import (
     tokenize_pairs,
     tokenize_unpaired,
 )
+from loris.distributed import env
 from loris.lora import lora_modules
 from loris.models.state import model_state
 from loris.trainers.config import TrainingConfig
@@ -137,7 +145,6 @@ class PreferenceTrainer(Trainer):
     config_class: type = PreferenceConfig
     paired = True
     uses_reference = True
-    metric_means: Sequence[str] = ()  # metrics logged as a total / count rather than a mean of means
 
     def __init__(
         self,
@@ -180,7 +187,7 @@ class PreferenceTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        self._metrics: dict[str, list[float]] = {}
+        self._metrics: dict[str, list[tuple[float, float]]] = {}  # see record()
         self.reference: ReferencePolicy | None = None
         if self.uses_reference:
             precompute = getattr(args, "precompute_ref_log_probs", False)
@@ -215,7 +222,10 @@ class PreferenceTrainer(Trainer):
             return tokenize_pairs(data, self.processing_class, args.data_spec(), type(self).__name__)
         data = tokenize_unpaired(data, self.processing_class, args.data_spec(), type(self).__name__)
         if self._with_kl(args) and "KL_completion_ids" not in column_names(data):
-            data = add_kl_completions(data, args.per_device_train_batch_size)
+            # pairs within runs of the global micro-batch's size, so N ranks × batch b pair (and
+            # train) exactly as 1 process × batch N·b; one process: TRL's per-device batch
+            world = env.launch_info().world_size
+            data = add_kl_completions(data, args.per_device_train_batch_size * world)
         return data
 
     def count_loss_items(self, batch: dict[str, Any]) -> int:
@@ -261,16 +271,57 @@ class PreferenceTrainer(Trainer):
         return {"ref_chosen_logps": ref[:half], "ref_rejected_logps": ref[half:]}
 
     # ---------------------------------------------------------------------------------- metrics
-    def record(self, **metrics: float) -> None:
+    def record(self, **metrics: Any) -> None:
+        """Record one micro-batch's metrics: each a ``(sum, count)`` over its examples (pairs, or
+        KTO's rows; a count of 0 when it has none of them), or a plain value, taken as ``(value, 1)``.
+
+        Record every key on every micro-batch (count 0 when absent) so that the ranks' records line
+        up: at a log line they are summed over ranks per micro-batch (`_merge_metrics`)."""
         for k, v in metrics.items():
-            self._metrics.setdefault(k, []).append(float(v))
+            total, count = v if isinstance(v, tuple) else (v, 1)
+            self._metrics.setdefault(k, []).append((float(total), float(count)))
+
+    def derived_metrics(self, values: dict[str, float]) -> dict[str, float]:
+        """Metrics computed from one micro-batch's global means (KTO's margins); none by default."""
+        return {}
+
+    def latest_metrics(self) -> dict[str, float]:
+        """The last micro-batch's metrics on this rank (for tests and debugging)."""
+        last = {k: v[-1] for k, v in self._metrics.items() if v}
+        values = {k: s / c for k, (s, c) in last.items() if c}
+        return {**values, **self.derived_metrics(values)}
+
+    def _merge_metrics(self) -> dict[str, float]:
+        """The recorded metrics since the last log line: per micro-batch, the sum over every rank's
+        examples divided by their count (what one process with the whole global micro-batch computes),
+        then the mean over the micro-batches that had any (TRL's mean of per-batch means)."""
+        records, self._metrics = self._metrics, {}
+        keys = sorted(records)
+        lengths = {len(records[k]) for k in keys}
+        if len(lengths) != 1:
+            raise RuntimeError(
+                f"{type(self).__name__} recorded its metrics unevenly ({ {k: len(records[k]) for k in keys} }): "
+                "record every key on every micro-batch (count 0 when the micro-batch has none)."
+            )
+        table = torch.tensor([records[k] for k in keys], dtype=torch.float64)  # (keys, micro-batches, 2)
+        if self._ranks.world > 1:
+            device = next(self.model.parameters()).device
+            table = self._ranks.total(table.to(device)).cpu()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for i in range(table.shape[1]):
+            values = {
+                k: float(table[j, i, 0] / table[j, i, 1]) for j, k in enumerate(keys) if table[j, i, 1] > 0
+            }
+            for k, v in {**values, **self.derived_metrics(values)}.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+        return {k: sums[k] / counts[k] for k in sums}
 
     def log(self, logs: dict[str, float]) -> None:
         if self._metrics and ("loss" in logs or "eval_loss" in logs):
             prefix = "eval_" if "eval_loss" in logs else ""
-            merged = {prefix + k: sum(v) / len(v) for k, v in self._metrics.items() if v}
-            logs = {**logs, **merged}
-            self._metrics = {}
+            logs = {**logs, **{prefix + k: v for k, v in self._merge_metrics().items()}}
         super().log(logs)
 
     @torch.no_grad()
