@@ -158,23 +158,69 @@ def gradient_sync(wrapped: nn.Module | None, sync: bool) -> Iterator[None]:
     yield
 
 
-def export_on_main_process(fn: Callable[..., Any]) -> Callable[..., Any]:
+def gather_full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of an FSDP2-sharded ``model`` as one full plain tensor on rank 0's
+    CPU (a collective: every rank must call it; the other ranks get an empty dict).
+
+    `get_model_state_dict` with ``cpu_offload`` all-gathers one tensor at a time and moves it to
+    rank 0's CPU before the next, so no GPU ever holds more than one full tensor beyond its shards
+    and the other ranks keep nothing: rank 0's CPU ends up holding the model once, as a
+    single-process export of it would. (Unsharding whole blocks with FSDP2's ``unshard`` would hold
+    a whole block on every GPU and still need the whole model in one place for the export code.)"""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)
+
+
+SHARDED_EXPORT_HELP = (
+    "save a training checkpoint (trainer.save_checkpoint(), or save_strategy), load it in ONE process "
+    "(python, no torchrun) with resume_from_checkpoint and export from there; or train LoRA with DDP "
+    "(fsdp unset), whose exports work directly"
+)
+
+
+def export_on_main_process(
+    fn: Callable[..., Any] | None = None,
+    *,
+    check_sharded: Callable[[nn.Module], None] | None = None,
+    unsharded: Callable[[nn.Module, dict[str, torch.Tensor]], nn.Module] | None = None,
+) -> Callable[..., Any]:
     """For ``fn(model, ...)`` that writes or uploads ``model``: rank 0 runs it, the others wait (see
-    `loris.distributed.env.on_main_process`). A model sharded with FSDP2 cannot be written by one
-    rank; the error says how to export it instead."""
+    `loris.distributed.env.on_main_process`).
+
+    A model sharded with FSDP2 is held by no single rank. Given ``unsharded``, every rank first runs
+    ``check_sharded(model)`` (which raises, on every rank alike, for what cannot be exported that
+    way), then takes part in `gather_full_state`; rank 0 builds ``unsharded(model, full_state)``, a
+    plain model holding the full weights on its CPU, and runs ``fn`` on it, so the files come from the
+    same code as a single-process export. Without ``unsharded`` a sharded model raises, saying how to
+    export it instead. Use as ``@export_on_main_process`` or ``@export_on_main_process(unsharded=...)``."""
+    if fn is None:
+        return functools.partial(export_on_main_process, check_sharded=check_sharded, unsharded=unsharded)
     from loris.distributed.env import on_main_process
 
     main_only = on_main_process(fn)
 
     @functools.wraps(fn)
     def inner(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if is_sharded(model):
+        if not is_sharded(model):
+            return main_only(model, *args, **kwargs)
+        if unsharded is None:
             raise ValueError(
                 f"{fn.__name__}: this model is sharded across ranks by FSDP2 (fsdp=...), so no rank holds its "
-                "weights. Save a training checkpoint (trainer.save_checkpoint(), or save_strategy), then load "
-                "it in ONE process (python, no torchrun) with resume_from_checkpoint and export from there; "
-                "or train LoRA with DDP (fsdp unset), whose exports work directly."
+                f"weights and {fn.__name__} cannot gather them. Instead, {SHARDED_EXPORT_HELP}."
             )
-        return main_only(model, *args, **kwargs)
+        if check_sharded is not None:
+            check_sharded(model)
+        full = gather_full_state(model)
+
+        @functools.wraps(fn)
+        def on_full_copy(sharded: nn.Module, *rest: Any, **kw: Any) -> Any:
+            return fn(unsharded(sharded, full), *rest, **kw)
+
+        try:
+            return on_main_process(on_full_copy)(model, *args, **kwargs)
+        finally:
+            full.clear()  # rank 0: let the gathered weights go as soon as the export is done
 
     return inner

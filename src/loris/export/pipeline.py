@@ -14,7 +14,9 @@ so an artifact is written, checked and uploaded the same way whoever asks:
 `save` is write then check; `push` is write into a temporary folder, check, then upload.
 
 Under several processes (torchrun) each of `write`, `save` and `push` runs on rank 0 alone while the
-others wait, and every rank gets rank 0's result (`loris.distributed.env.on_main_process`).
+others wait, and every rank gets rank 0's result (`loris.distributed.env.on_main_process`). A model
+sharded with FSDP2 is first gathered to rank 0's CPU by every rank, and rank 0 exports a plain copy
+of it (`loris.export.sharded`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from typing import Any
 
 from loris.distributed.wrap import export_on_main_process
 from loris.export import hub
+from loris.export.sharded import check_sharded, unsharded_copy
+
+_on_main_process = export_on_main_process(check_sharded=check_sharded, unsharded=unsharded_copy)
 
 ARTIFACTS = ("lora", "merged_16bit", "merged_32bit", "merged_4bit_forced", "gguf")
 REPO_SUFFIXES = {
@@ -51,7 +56,7 @@ class Written:
     kind: str
 
 
-@export_on_main_process
+@_on_main_process
 def write(
     model,
     tokenizer: Any,
@@ -105,7 +110,7 @@ def check(model, tokenizer: Any, written: Sequence[Written]) -> None:
     validate_export(model, tokenizer, [(w.kind, w.path) for w in written])
 
 
-@export_on_main_process
+@_on_main_process
 def save(model, tokenizer: Any, what: str, folder: str | Path, *, validate: bool = False, **kw: Any):
     """`write`, then `check` when ``validate``; returns what was written."""
     written = write(model, tokenizer, what, folder, **kw)
@@ -133,7 +138,7 @@ def upload(
     return hub.upload_folder(folder, repo_id, token, private, commit_message)
 
 
-@export_on_main_process
+@_on_main_process
 def push(
     model,
     tokenizer: Any,
