@@ -581,7 +581,8 @@ class GRPOTrainer(Trainer):
         finally:
             # Rollouts reuse one decode step (cache, CUDA graph) every step; training is over.
             release_decode_steps(self.model)
-        self.save_reward_plot()
+        if self._ranks.is_main:  # as the loss plot: one writer (two raced on the same temp file)
+            self.save_reward_plot()
         return out
 
     def save_reward_plot(self) -> Path | None:
