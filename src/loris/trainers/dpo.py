@@ -99,6 +99,12 @@ class DPOTrainer(PreferenceTrainer):
         loss = sums.new_zeros(())
         for loss_type, weight in zip(args.loss_type, args.loss_weights, strict=True):
             sft = token[:half][comp[:half, 1:].bool()] if loss_type == "sft" else None
+            if sft is not None and self._ranks.world > 1:
+                # the chosen answers' token mean over the whole global micro-batch (every rank's
+                # tokens), counted once per pair of it, as one process computes it
+                pairs, tokens = self._global_totals(half, sft.numel())
+                loss = loss - weight * sft.sum() * (pairs / max(tokens, 1.0))
+                continue
             per_pair = dpo_losses(
                 policy,
                 ref_c,

@@ -62,9 +62,8 @@ class KTOTrainer(PreferenceTrainer):
         as TRL gathers the KL estimate over processes: the KL term is one number per global batch."""
         if self._ranks.world == 1:
             return values.mean()
-        both = torch.stack([values.sum().double(), values.new_tensor(values.numel(), dtype=torch.float64)])
-        total, count = self._ranks.total(both)
-        return (total / count).to(values.dtype)
+        total, count = self._global_totals(float(values.sum()), values.numel())
+        return values.new_tensor(total / count)
 
     def _precompute_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {"ref_logps": self.reference_logps(batch["input_ids"], batch["attention_mask"],

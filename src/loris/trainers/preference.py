@@ -249,6 +249,14 @@ class PreferenceTrainer(Trainer):
         token = self.reference.token_logps(ids, mask, score, args.logprob_chunk_size, args.padding_free)
         return token.sum(-1)
 
+    def _global_totals(self, *values: float) -> list[float]:
+        """``values`` summed over every rank's share of the current micro-batch (a collective: every
+        rank calls it at the same point; one process: the values)."""
+        if self._ranks.world == 1:
+            return [float(v) for v in values]
+        t = torch.tensor(values, dtype=torch.float64, device=next(self.model.parameters()).device)
+        return self._ranks.total(t).tolist()
+
     @torch.no_grad()
     def precompute_reference(self, data: Any) -> Any:
         """Add the reference log-probs as columns, once, in dataset order (TRL's
