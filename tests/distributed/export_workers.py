@@ -8,13 +8,15 @@ import torch
 from workers import full_model, lora_model, trainable
 
 
-def train_and_export(folder: str, rows: list, out: str, settings: dict, methods: list[str]) -> None:
-    """Full fine-tune with SFTTrainer, then `export` once per method on every rank
+def train_and_export(
+    folder: str, rows: list, out: str, settings: dict, methods: list[str], kind: str = "full"
+) -> None:
+    """Full fine-tune (or LoRA: ``kind="lora"``) with SFTTrainer, then `export` once per method on every rank
     (as a user script under torchrun does); saves the returned paths and the trained weights."""
     from loris import SFTConfig, SFTTrainer
     from loris.distributed import rank
 
-    model, tok = full_model(folder)
+    model, tok = full_model(folder) if kind == "full" else lora_model(folder)
     base = dict(output_dir=out, logging_steps=1, save_strategy="no", disable_tqdm=True, optim="sgd",
                 max_grad_norm=0.0, lr_scheduler_type="constant")  # fmt: skip
     trainer = SFTTrainer(model, SFTConfig(**{**base, **settings}), train_dataset=rows, processing_class=tok)
@@ -25,22 +27,24 @@ def train_and_export(folder: str, rows: list, out: str, settings: dict, methods:
 
 
 def export(model, tok, method: str, folder: Path):
-    """``save_pretrained_merged``; "gguf" writes q8_0 without a tokenizer (the tiny WordLevel one has no
+    """``save_pretrained_merged``; "adapter": ``save_pretrained``; "gguf" writes q8_0 without a tokenizer (the tiny WordLevel one has no
     GGUF form), through the same pipeline as ``save_pretrained_gguf``."""
     if method == "gguf":
         from loris.export import pipeline
 
         return pipeline.save(model, None, "gguf", folder, quantization_method="q8_0")[0].path
+    if method == "adapter":
+        return model.save_pretrained(str(folder), tok)
     return model.save_pretrained_merged(str(folder), tok, save_method=method)
 
 
-def lora_export_error(folder: str, out: str) -> None:
-    """Shard a LoRA model with FSDP2 and ask for its adapter: every rank gets the same error."""
+def qlora_export_error(folder: str, out: str) -> None:
+    """Shard a QLoRA model with FSDP2 and ask for its adapter: every rank gets the same error."""
     from loris.distributed import env, rank
     from loris.distributed.wrap import ShardSettings, shard_fsdp2
 
     env.init()
-    model, tok = lora_model(folder)
+    model, tok = lora_model(folder, load_in_4bit=True)
     shard_fsdp2(model, ShardSettings())
     try:
         model.save_pretrained(str(Path(out) / "adapter"), tok)

@@ -9,10 +9,10 @@ import os
 
 import pytest
 import torch
-from export_workers import export, lora_export_error, train_and_export
+from export_workers import export, qlora_export_error, train_and_export
 from spawn import run_ranks
 from test_ddp import ROWS
-from workers import full_model
+from workers import full_model, lora_model
 
 METHODS = ["merged_16bit", "merged_32bit"]
 SETTINGS = dict(max_steps=2, learning_rate=0.5, gradient_accumulation_steps=2)
@@ -30,9 +30,9 @@ def _logits(folder, ids) -> torch.Tensor:
         return model(ids).logits
 
 
-def _sharded_run(folder, out, methods) -> dict:
+def _sharded_run(folder, out, methods, kind="full") -> dict:
     run_ranks(2, train_and_export, str(folder), ROWS, str(out),
-              {**SETTINGS, "per_device_train_batch_size": 2, "fsdp": "full_shard"}, methods)  # fmt: skip
+              {**SETTINGS, "per_device_train_batch_size": 2, "fsdp": "full_shard"}, methods, kind)  # fmt: skip
     ranks = [torch.load(out / f"rank{r}.pt") for r in range(2)]
     assert {r["mode"] for r in ranks} == {"fsdp"}
     assert ranks[0]["paths"] == ranks[1]["paths"]  # rank 1 got rank 0's result
@@ -41,9 +41,9 @@ def _sharded_run(folder, out, methods) -> dict:
     return ranks[0]
 
 
-def _assert_single_process_writes_the_same(folder, run, out, ref_root, methods) -> None:
+def _assert_single_process_writes_the_same(folder, run, out, ref_root, methods, kind="full") -> None:
     """One process exports the weights the sharded run ended with: byte-identical files, usual modes."""
-    model, tok = full_model(str(folder))
+    model, tok = full_model(str(folder)) if kind == "full" else lora_model(str(folder))
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, w in run["weights"].items():
@@ -88,11 +88,20 @@ def test_fsdp2_gguf_export_equals_single_process(saved_family, tmp_path):
     _assert_single_process_writes_the_same(folder, run, out, tmp_path / "ref", ["gguf"])
 
 
-def test_fsdp2_lora_export_says_what_to_do(saved_family, tmp_path):
+@pytest.mark.slow
+def test_fsdp2_lora_adapter_and_merge_equal_single_process(saved_family, tmp_path):
     folder = saved_family("llama")[1]
-    run_ranks(2, lora_export_error, str(folder), str(tmp_path))
+    out, methods = tmp_path / "two", ["adapter", "merged_16bit"]
+    run = _sharded_run(folder, out, methods, kind="lora")
+    assert any(bool(w.abs().sum() > 0) for n, w in run["weights"].items() if "lora_B" in n)  # trained
+    _assert_single_process_writes_the_same(folder, run, out, tmp_path / "ref", methods, kind="lora")
+
+
+def test_fsdp2_qlora_export_says_what_to_do(saved_family, tmp_path):
+    folder = saved_family("llama")[1]
+    run_ranks(2, qlora_export_error, str(folder), str(tmp_path))
     messages = {(tmp_path / f"rank{r}.txt").read_text() for r in range(2)}
     assert len(messages) == 1, messages  # every rank raised, before any collective
     (message,) = messages
-    assert "LoRA model sharded with FSDP2" in message and "DDP" in message
+    assert "quantized" in message and "FSDP2" in message and "QLoRA with DDP" in message
     assert not (tmp_path / "adapter").exists()
