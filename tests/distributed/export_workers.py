@@ -52,3 +52,21 @@ def qlora_export_error(folder: str, out: str) -> None:
     except ValueError as exc:
         message = str(exc)
     Path(out, f"rank{rank()}.txt").write_text(message)
+
+
+def export_from_rank0_alone(folder: str, out: str) -> None:
+    """Shard a full model, then export it from inside an on_main_process function (rank 0 alone):
+    rank 0 must refuse at once rather than wait for a gather the other rank never joins."""
+    from loris.distributed import env, rank
+    from loris.distributed.env import on_main_process
+    from loris.distributed.wrap import ShardSettings, shard_fsdp2
+
+    env.init(timeout_s=60)
+    model, tok = full_model(folder)
+    shard_fsdp2(model, ShardSettings())
+    try:
+        on_main_process(lambda: model.save_pretrained_merged(str(Path(out) / "m"), tok))()
+        message = "no error"
+    except (ValueError, env.RankFailure) as exc:
+        message = f"{type(exc).__name__}: {exc}"
+    Path(out, f"rank{rank()}.txt").write_text(message)

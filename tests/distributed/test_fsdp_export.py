@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from export_workers import export, qlora_export_error, train_and_export
+from export_workers import export, export_from_rank0_alone, qlora_export_error, train_and_export
 from spawn import run_ranks
 from test_ddp import ROWS
 from workers import full_model, lora_model
@@ -105,3 +105,12 @@ def test_fsdp2_qlora_export_says_what_to_do(saved_family, tmp_path):
     (message,) = messages
     assert "quantized" in message and "FSDP2" in message and "QLoRA with DDP" in message
     assert not (tmp_path / "adapter").exists()
+
+
+def test_export_from_rank0_alone_refuses_instead_of_waiting(saved_family, tmp_path):
+    folder = saved_family("llama")[1]
+    run_ranks(2, export_from_rank0_alone, str(folder), str(tmp_path))
+    zero, one = ((tmp_path / f"rank{r}.txt").read_text() for r in range(2))
+    assert zero.startswith("ValueError") and "runs on rank 0 alone" in zero and "every rank" in zero
+    assert one.startswith("RankFailure") and "failed on rank 0" in one
+    assert not (tmp_path / "m").exists()

@@ -237,6 +237,17 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+def in_main_only() -> bool:
+    """True inside a function `on_main_process` runs on rank 0 alone: no collective may start there."""
+    return _IN_MAIN_ONLY.get()
+
+
+def named_collective(op: str, fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` (a collective made of other libraries' calls) raising `RankFailure` naming ``op``
+    when the backend fails, as loris' own collectives do."""
+    return _named(op)(fn)
+
+
 def on_main_process(fn: Callable[..., T]) -> Callable[..., T]:
     """Run ``fn`` on rank 0 only and hand its result to every rank: for writes to a shared folder
     (adapters, exports, logs) and uploads that one process must make. The other ranks wait for it;

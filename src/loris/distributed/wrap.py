@@ -197,7 +197,7 @@ def export_on_main_process(
     export it instead. Use as ``@export_on_main_process`` or ``@export_on_main_process(unsharded=...)``."""
     if fn is None:
         return functools.partial(export_on_main_process, check_sharded=check_sharded, unsharded=unsharded)
-    from loris.distributed.env import on_main_process
+    from loris.distributed.env import in_main_only, named_collective, on_main_process
 
     main_only = on_main_process(fn)
 
@@ -210,9 +210,15 @@ def export_on_main_process(
                 f"{fn.__name__}: this model is sharded across ranks by FSDP2 (fsdp=...), so no rank holds its "
                 f"weights and {fn.__name__} cannot gather them. Instead, {SHARDED_EXPORT_HELP}."
             )
+        if in_main_only():
+            raise ValueError(
+                f"{fn.__name__} was called with an FSDP2-sharded model from code that runs on rank 0 alone "
+                "(inside an on_main_process function): gathering its weights needs every rank. Call it on "
+                "every rank (as after trainer.train() in a torchrun script); rank 0 then writes the files."
+            )
         if check_sharded is not None:
             check_sharded(model)
-        full = gather_full_state(model)
+        full = named_collective("gathering the sharded weights for export", gather_full_state)(model)
 
         @functools.wraps(fn)
         def on_full_copy(sharded: nn.Module, *rest: Any, **kw: Any) -> Any:
