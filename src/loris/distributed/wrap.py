@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,13 +60,20 @@ def wrap_ddp(
     for p in trainable:
         broadcast_(p.data)
     device = trainable[0].device
+    # Buffers (NF4 packed weights among them) are never synced: every rank loaded the same ones. Newer
+    # torch names that forward_sync_buffers (broadcast_buffers warns there); with init_sync=False the
+    # two mean the same, and older torch (2.11) knows only broadcast_buffers.
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_buffer_sync = {
+        "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False
+    }
     return DistributedDataParallel(
         LossCall(model),
         device_ids=[device] if device.type == "cuda" else None,
         init_sync=False,
-        broadcast_buffers=False,
         bucket_cap_mb=bucket_cap_mb,
         find_unused_parameters=find_unused_parameters,
+        **no_buffer_sync,
     )
 
 
