@@ -37,7 +37,21 @@ from pathlib import Path
 
 import torch
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+def _lora_bench():
+    """benchmarks/lora_bench.py, loaded by path: its Llama-3.2-1B shape and LoRA targets are this one's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "lora_bench", Path(__file__).resolve().parent / "lora_bench.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_BENCH = _lora_bench()
+TARGETS = _BENCH.TARGETS
 LLAMA3_ROPE = {
     "rope_type": "llama3",
     "factor": 32.0,
@@ -46,17 +60,8 @@ LLAMA3_ROPE = {
     "original_max_position_embeddings": 8192,
 }
 SHAPES = {
-    # Llama-3.2-1B (../shared/bench/anchor_bench.py's "1b", grpo_bench's checkpoint)
-    "1b": dict(
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        tie_word_embeddings=True,
-    ),
+    # Llama-3.2-1B (lora_bench's and ../shared/bench/anchor_bench.py's "1b", grpo_bench's checkpoint)
+    "1b": dict(_BENCH.SHAPES["1b"], vocab_size=_BENCH.VOCAB),
     "tiny": dict(
         vocab_size=512,
         hidden_size=64,

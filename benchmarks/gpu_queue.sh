@@ -75,21 +75,17 @@ dpo() {
         --out "$o/dpo_bench_lora.json" 2>&1 | tail -30 | tee "$o/log.txt"
 }
 
-moe() {
-    local o=$OUT/moe && mkdir -p "$o"
+moe_suite() {  # $1: the part's folder; the rest: lora_bench settings
+    local o=$OUT/$1 && mkdir -p "$o" && shift
     site peers
     nvidia-smi -L | tee "$o/gpu.txt"
-    python3 benchmarks/lora_bench.py suite --settings moe-qlora moe-lora --systems loris hf unsloth --steps 6 \
-        --warmup 2 --timeout 240 --workdir /dev/shm/loris-bench --outdir "$o" 2>&1 | tail -30 | tee "$o/log.txt"
+    python3 benchmarks/lora_bench.py suite --settings "$@" --systems loris hf unsloth --steps 6 --warmup 2 \
+        --timeout 240 --workdir /dev/shm/loris-bench --outdir "$o" 2>&1 | tail -30 | tee "$o/log.txt"
 }
 
-gptoss() {
-    local o=$OUT/gptoss && mkdir -p "$o"
-    site peers
-    nvidia-smi -L | tee "$o/gpu.txt"
-    python3 benchmarks/lora_bench.py suite --settings gptoss-qlora gptoss-lora --systems loris hf unsloth --steps 6 \
-        --warmup 2 --timeout 240 --workdir /dev/shm/loris-bench --outdir "$o" 2>&1 | tail -30 | tee "$o/log.txt"
-}
+moe() { moe_suite moe moe-qlora moe-lora; }
+
+gptoss() { moe_suite gptoss gptoss-qlora gptoss-lora; }
 
 rollout() {
     local o=$OUT/rollout && mkdir -p "$o"
